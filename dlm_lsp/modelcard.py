@@ -1,0 +1,215 @@
+"""The model card: `model.json`, the contract between `model_export` and the runtime.
+
+A model directory holds::
+
+    model.json       this card
+    tokenizer.json   a `tokenizers` byte-level BPE with the special tokens named below
+    *.onnx           the encoder/decoder graphs named under "graphs"
+
+Graph signatures (names are the contract; see shared/DESIGN.md "The model contract"):
+
+* encoder: ``input_ids[B,S] int64``, ``position_ids[B,S] int64``, ``attention_mask[B,S] int64``
+  → ``keys[L,B,H,S,D]``, ``values[L,B,H,S,D]`` (float32, or float16 in a fp16 variant).
+* decoder: ``canvas_ids[B,C] int64``, ``canvas_position_ids[B,C] int64``, ``keys``, ``values``,
+  ``context_mask[B,S] int64`` → ``pred_ids[B,C] int64`` (argmax), ``pred_prob[B,C] float32``
+  (its probability), ``canvas_prob[B,C] float32`` (the probability of the token *already* at
+  each canvas position, used for self-correction), and ``logits[B,C,V]`` (evaluation only).
+
+How context and canvas are laid out in positions is `dlm_lsp.layout`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CARD_FORMAT = 1
+
+
+class ModelError(Exception):
+    """A model directory that cannot be used: missing, corrupt, or inconsistent."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpecialTokens:
+    """Ids of the tokens the sampler and the layout need by name."""
+
+    pad: int  # fills batch rows; never attended to
+    mask: int  # a canvas position still to be predicted
+    end_of_span: int  # closes a canvas: everything from the first one is dropped
+    file: int  # first context token (start of the window); keeps the context non-empty
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplerDefaults:
+    """Recommended sampler settings; every field may be overridden by the user."""
+
+    threshold: float = 0.9  # commit every masked position whose probability reaches this
+    max_steps: int = 32  # hard cap on denoiser calls per request
+    remask_floor: float = 0.0  # re-mask committed tokens whose probability fell below (0 = off)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GraphFiles:
+    """One runnable variant of the model (fp32 for CPU, fp16 for CUDA, ...)."""
+
+    encoder: str
+    decoder: str
+    dtype: str = "float32"  # dtype of keys/values
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelCard:
+    """Everything the runtime needs to know about a model directory."""
+
+    name: str
+    version: str
+    vocab_size: int
+    n_layers: int
+    n_heads: int
+    head_dim: int
+    special_tokens: SpecialTokens
+    canvas_buckets: tuple[int, ...]  # static canvas lengths, ascending
+    max_context: int  # most context tokens (prefix + suffix + the file token) per request
+    max_position: int  # position ids must stay below this
+    sampler: SamplerDefaults
+    graphs: dict[str, GraphFiles]  # by provider: "cpu" required, "cuda" optional
+    tokenizer: str = "tokenizer.json"
+    directory: Path = field(default=Path("."), compare=False)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # training, corpus, ...
+
+    def path(self, name: str) -> Path:
+        """A file of this model directory."""
+        return self.directory / name
+
+    def graphs_for(self, provider: str) -> GraphFiles:
+        """The graph variant for a provider ("cuda" or "cpu"), falling back to the CPU one."""
+        return self.graphs.get(provider) or self.graphs["cpu"]
+
+    def bucket_for(self, length: int) -> int:
+        """The smallest canvas bucket that holds `length` tokens (the largest if none does)."""
+        for bucket in self.canvas_buckets:
+            if bucket >= length:
+                return bucket
+        return self.canvas_buckets[-1]
+
+    def to_json(self) -> dict[str, Any]:
+        """The card as written to model.json."""
+        out: dict[str, Any] = {
+            "format": CARD_FORMAT,
+            "name": self.name,
+            "version": self.version,
+            "architecture": {
+                "vocab_size": self.vocab_size,
+                "n_layers": self.n_layers,
+                "n_heads": self.n_heads,
+                "head_dim": self.head_dim,
+            },
+            "special_tokens": vars(self.special_tokens),
+            "canvas_buckets": list(self.canvas_buckets),
+            "max_context": self.max_context,
+            "max_position": self.max_position,
+            "sampler": vars(self.sampler),
+            "graphs": {k: vars(v) for k, v in self.graphs.items()},
+            "tokenizer": self.tokenizer,
+        }
+        for key, value in self.extra.items():
+            if key == "architecture":
+                out["architecture"] = {**value, **out["architecture"]}
+            elif key not in out:
+                out[key] = value
+        return out
+
+
+def _require(raw: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in raw:
+        raise ModelError(f"{where}: missing field {key!r}")
+    value = raw[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ModelError(f"{where}: field {key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def parse_card(raw: Any, directory: Path) -> ModelCard:
+    """Validate a decoded model.json; raise ModelError naming the first problem."""
+    where = str(directory / "model.json")
+    if not isinstance(raw, dict):
+        raise ModelError(f"{where}: not a JSON object")
+    if raw.get("format", CARD_FORMAT) != CARD_FORMAT:
+        raise ModelError(f"{where}: card format {raw.get('format')!r}, expected {CARD_FORMAT}")
+    arch = _require(raw, "architecture", dict, where)
+    specials = _require(raw, "special_tokens", dict, where)
+    vocab_size = _require(arch, "vocab_size", int, where + " architecture")
+    ids = {}
+    for name in ("pad", "mask", "end_of_span", "file"):
+        ids[name] = _require(specials, name, int, where + " special_tokens")
+        if not 0 <= ids[name] < vocab_size:
+            raise ModelError(f"{where}: special token {name}={ids[name]} outside the vocabulary")
+    buckets = _require(raw, "canvas_buckets", list, where)
+    if not buckets or any(not isinstance(b, int) or b <= 0 for b in buckets):
+        raise ModelError(f"{where}: canvas_buckets must be positive integers")
+    graphs_raw = _require(raw, "graphs", dict, where)
+    if "cpu" not in graphs_raw:
+        raise ModelError(f"{where}: graphs has no 'cpu' variant")
+    graphs = {}
+    for provider, files in graphs_raw.items():
+        if not isinstance(files, dict) or "encoder" not in files or "decoder" not in files:
+            raise ModelError(f"{where}: graphs.{provider} needs 'encoder' and 'decoder'")
+        graphs[provider] = GraphFiles(
+            encoder=str(files["encoder"]),
+            decoder=str(files["decoder"]),
+            dtype=str(files.get("dtype", "float32")),
+        )
+    sampler_raw = raw.get("sampler", {})
+    if not isinstance(sampler_raw, dict):
+        raise ModelError(f"{where}: sampler must be an object")
+    known = set(SamplerDefaults.__dataclass_fields__)
+    sampler = SamplerDefaults(**{k: v for k, v in sampler_raw.items() if k in known})
+    core = {
+        "format", "name", "version", "special_tokens", "canvas_buckets", "max_context",
+        "max_position", "sampler", "graphs", "tokenizer",
+    }
+    return ModelCard(
+        name=str(raw.get("name", directory.name)),
+        version=str(raw.get("version", "0")),
+        vocab_size=vocab_size,
+        n_layers=_require(arch, "n_layers", int, where + " architecture"),
+        n_heads=_require(arch, "n_heads", int, where + " architecture"),
+        head_dim=_require(arch, "head_dim", int, where + " architecture"),
+        special_tokens=SpecialTokens(**ids),
+        canvas_buckets=tuple(sorted(buckets)),
+        max_context=_require(raw, "max_context", int, where),
+        max_position=_require(raw, "max_position", int, where),
+        sampler=sampler,
+        graphs=graphs,
+        tokenizer=str(raw.get("tokenizer", "tokenizer.json")),
+        directory=directory,
+        extra={k: v for k, v in raw.items() if k not in core},
+    )
+
+
+def load_card(directory: str | Path) -> ModelCard:
+    """Read and validate `directory/model.json`, checking the files it names exist."""
+    directory = Path(directory).expanduser()
+    if not directory.is_dir():
+        raise ModelError(f"model directory {directory} does not exist")
+    card_path = directory / "model.json"
+    try:
+        raw = json.loads(card_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{card_path} is missing: not a model directory") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{card_path} cannot be read: {exc}") from None
+    card = parse_card(raw, directory)
+    needed = [card.tokenizer] + [f for g in card.graphs.values() for f in (g.encoder, g.decoder)]
+    for name in needed:
+        if not card.path(name).is_file():
+            raise ModelError(f"{directory}: model.json names {name}, which is missing")
+    return card
+
+
+def default_model_dir() -> Path:
+    """The model that ships inside the package."""
+    return Path(__file__).resolve().parent / "models" / "default"
