@@ -1,0 +1,305 @@
+"""The completion pipeline: plan → tokens → denoise → decode → postprocess.
+
+The engine owns the model, the typing-through cache and the rule that the newest request on a
+document wins. It runs on worker threads; the protocol thread only hands it immutable
+snapshots. One denoise runs at a time (the CPU has few cores; two interleaved requests would
+both be slow), and a waiting request that became stale gives up before it starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tokenizers import Tokenizer
+
+from .cache import TypingCache
+from .languages import Syntax, syntax_for
+from .layout import build_layout
+from .modelcard import ModelCard, ModelError, default_model_dir, load_card
+from .plan import InfillPlan, PlanSettings, plan_completion, plan_holes
+from .postprocess import Completion, finish
+from .sampler import Cancelled, Denoiser, SamplerSettings, denoise
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+Check = Callable[[], bool]
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class CompletionResult:
+    """One inline completion and what it cost."""
+
+    completion: Completion | None
+    plan: InfillPlan | None = None
+    steps: int = 0  # denoiser calls
+    tokens: int = 0  # generated tokens before end-of-span
+    cached: bool = False  # answered by the typing-through cache
+    elapsed_s: float = 0.0
+
+
+@dataclass
+class FillResult:
+    """Several holes filled in one parallel pass."""
+
+    completions: list[Completion | None]
+    plan: InfillPlan | None = None
+    steps: int = 0
+    tokens: int = 0
+    elapsed_s: float = 0.0
+    raw: list[str] = field(default_factory=list)  # decoded canvases before postprocessing
+    # one (start, end, new_text) per hole in the caller's text, document order; a hole the
+    # model left nothing usable for keeps its text (a gap stays empty, a re-write unchanged)
+    edits: list[tuple[int, int, str]] = field(default_factory=list)
+
+
+class Engine:
+    """Loads one model directory and answers completion and fill requests."""
+
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        settings: Settings | None = None,
+        denoiser: Denoiser | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        directory = Path(model_dir or self.settings.model_dir or default_model_dir())
+        self.card: ModelCard = load_card(directory)
+        try:
+            self.tokenizer = Tokenizer.from_file(str(self.card.path(self.card.tokenizer)))
+        except Exception as exc:
+            raise ModelError(f"{self.card.path(self.card.tokenizer)}: {exc}") from exc
+        if self.tokenizer.get_vocab_size() > self.card.vocab_size:
+            raise ModelError(
+                f"tokenizer has {self.tokenizer.get_vocab_size()} tokens but the model "
+                f"{self.card.vocab_size}: tokenizer.json does not belong to this model"
+            )
+        mask_token = self.tokenizer.id_to_token(self.card.special_tokens.mask)
+        if mask_token != "<|mask|>":
+            raise ModelError(f"tokenizer id {self.card.special_tokens.mask} is {mask_token!r}, "
+                             "not <|mask|>: tokenizer.json does not match model.json")
+        if denoiser is None:
+            from .runtime import OnnxDenoiser
+
+            denoiser = OnnxDenoiser(self.card, self.settings.device, self.settings.threads)
+        self.denoiser = denoiser
+        self.provider: str = getattr(denoiser, "provider", "CPU")
+        self.cache = TypingCache()
+        self._model_lock = threading.Lock()
+        self._generation: dict[str, int] = {}
+        self._generation_lock = threading.Lock()
+
+    # -- settings ---------------------------------------------------------------------------
+
+    def sampler_settings(self) -> SamplerSettings:
+        """The model card's sampler recommendation with the user's overrides."""
+        s, card = self.settings, self.card.sampler
+        return SamplerSettings(
+            threshold=card.threshold if s.threshold is None else s.threshold,
+            max_steps=card.max_steps if s.max_steps is None else s.max_steps,
+            remask_floor=card.remask_floor if s.remask_floor is None else s.remask_floor,
+            strategy=s.strategy,
+        )
+
+    def plan_settings(self) -> PlanSettings:
+        """Budgets for the planner, bounded by the model's context."""
+        s = self.settings
+        return PlanSettings(
+            prefix_tokens=s.prefix_tokens,
+            suffix_tokens=s.suffix_tokens,
+            max_block_lines=s.max_block_lines,
+            max_context=self.card.max_context,
+        )
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text` as the model sees it."""
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    # -- latest request wins ----------------------------------------------------------------
+
+    def supersede(self, key: str) -> Check:
+        """Start a new request on `key` (a document uri); older ones on it become stale.
+
+        Returns a check that is true once a newer request on the same key has started.
+        """
+        with self._generation_lock:
+            generation = self._generation.get(key, 0) + 1
+            self._generation[key] = generation
+        return lambda: self._generation.get(key) != generation
+
+    def forget(self, key: str) -> None:
+        """Drop per-document state (the document was closed)."""
+        with self._generation_lock:
+            self._generation.pop(key, None)
+        self.cache.forget(key)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def complete_text(
+        self,
+        text: str,
+        offset: int,
+        language_id: str,
+        *,
+        tree: object | None = None,
+        syntax: Syntax | None = None,
+        key: str | None = None,
+        cancelled: Check = _never,
+    ) -> CompletionResult:
+        """Complete at `offset` in `text`; `key` (a uri) enables the typing-through cache."""
+        started = time.perf_counter()
+        if key is not None:
+            cached = self.cache.lookup(key, text, offset)
+            if cached is not None:
+                return CompletionResult(
+                    cached, cached=True, elapsed_s=time.perf_counter() - started
+                )
+        syntax = syntax if syntax is not None else syntax_for(language_id)
+        if syntax is not None and tree is None:
+            tree = syntax.parser().parse(text.encode("utf-8", "surrogatepass"))
+        plan = plan_completion(
+            text, offset, tree, syntax,
+            buckets=self.card.canvas_buckets,
+            settings=self.plan_settings(),
+            count_tokens=self.count_tokens,
+        )
+        fill = self._run(plan, text, syntax, cancelled)
+        completion = fill.completions[0] if fill.completions else None
+        if key is not None and completion is not None:
+            self.cache.remember(key, text, offset, completion)
+        return CompletionResult(
+            completion, plan=plan, steps=fill.steps, tokens=fill.tokens,
+            elapsed_s=time.perf_counter() - started,
+        )
+
+    def fill_text(
+        self,
+        text: str,
+        ranges: list[tuple[int, int]],
+        language_id: str,
+        *,
+        tree: object | None = None,
+        syntax: Syntax | None = None,
+        cancelled: Check = _never,
+    ) -> FillResult:
+        """Fill (or re-write) every range of `text` in one parallel pass."""
+        started = time.perf_counter()
+        if not ranges:
+            return FillResult([], elapsed_s=0.0)
+        syntax = syntax if syntax is not None else syntax_for(language_id)
+        if syntax is not None and tree is None:
+            tree = syntax.parser().parse(text.encode("utf-8", "surrogatepass"))
+        plan = plan_holes(
+            text, sorted(ranges), tree, syntax,
+            buckets=self.card.canvas_buckets,
+            settings=self.plan_settings(),
+            count_tokens=self.count_tokens,
+        )
+        result = self._run(plan, text, syntax, cancelled)
+        for hole, completion in zip(plan.holes, result.completions):
+            if completion is None:
+                result.edits.append((hole.start, hole.end, text[hole.start : hole.end]))
+            else:
+                result.edits.append((completion.start, completion.end, completion.text))
+        result.elapsed_s = time.perf_counter() - started
+        return result
+
+    def fill_markers(self, snapshot, marker: str, *, cancelled: Check = _never) -> FillResult:
+        """Fill every occurrence of `marker` in a document; edits replace the markers."""
+        text = snapshot.text
+        markers = []
+        at = text.find(marker)
+        while at >= 0:
+            markers.append(at)
+            at = text.find(marker, at + len(marker))
+        stripped = text.replace(marker, "")
+        gaps = [m - i * len(marker) for i, m in enumerate(markers)]
+        # The tree no longer matches the stripped text: let fill_text parse it afresh.
+        result = self.fill_text(
+            stripped, [(g, g) for g in gaps], snapshot.language_id,
+            syntax=snapshot.syntax, cancelled=cancelled,
+        )
+        shift = len(marker)
+        result.edits = [
+            (m, end - g + m + shift, new_text)
+            for m, g, (_, end, new_text) in zip(markers, gaps, result.edits)
+        ]
+        return result
+
+    def complete(self, snapshot, offset: int, *, cancelled: Check = _never) -> CompletionResult:
+        """`complete_text` on a documents.Snapshot."""
+        return self.complete_text(
+            snapshot.text, offset, snapshot.language_id,
+            tree=snapshot.tree, syntax=snapshot.syntax, key=snapshot.uri, cancelled=cancelled,
+        )
+
+    def fill(self, snapshot, ranges: list[tuple[int, int]], *, cancelled: Check = _never) -> FillResult:
+        """`fill_text` on a documents.Snapshot."""
+        return self.fill_text(
+            snapshot.text, ranges, snapshot.language_id,
+            tree=snapshot.tree, syntax=snapshot.syntax, cancelled=cancelled,
+        )
+
+    # -- the pipeline -----------------------------------------------------------------------
+
+    def _encode_segments(self, plan: InfillPlan) -> list[list[int]]:
+        """Token ids of the plan's text segments, cut to the model's context if need be."""
+        segments = [
+            self.tokenizer.encode(s, add_special_tokens=False).ids if s else []
+            for s in plan.segments
+        ]
+        budget = self.card.max_context - 1
+        limit = self.card.max_position - sum(h.canvas_length for h in plan.holes) - 1
+        budget = min(budget, limit)
+        excess = sum(len(s) for s in segments) - budget
+        if excess > 0:  # the planner's estimate was short: trim far ends first
+            log.debug("context over budget by %d tokens; trimming", excess)
+            cut = min(excess, max(0, len(segments[0]) - budget // 2))
+            segments[0] = segments[0][cut:]
+            excess -= cut
+            if excess > 0:
+                segments[-1] = segments[-1][: max(0, len(segments[-1]) - excess)]
+        return segments
+
+    def _run(self, plan: InfillPlan, text: str, syntax: Syntax | None, cancelled: Check) -> FillResult:
+        if not plan.holes:
+            return FillResult([], plan=plan)
+        segments = self._encode_segments(plan)
+        layout = build_layout(
+            segments, [h.canvas_length for h in plan.holes], self.card.special_tokens.file
+        )
+        with self._model_lock:
+            result = denoise(
+                self.denoiser, layout, self.card.special_tokens, self.sampler_settings(),
+                cancelled,
+            )
+        raw = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in result.canvases]
+        completions = [
+            finish(plan, index, generated, text=text, syntax=syntax)
+            for index, generated in enumerate(raw)
+        ]
+        return FillResult(
+            completions, plan=plan, steps=result.steps,
+            tokens=sum(len(c) for c in result.canvases), raw=raw,
+        )
+
+    def with_settings(self, settings: Settings) -> "Engine":
+        """This engine under new settings, reusing the loaded model when it is the same."""
+        same_model = (settings.model_dir or None) == (self.settings.model_dir or None) and (
+            settings.device, settings.threads) == (self.settings.device, self.settings.threads)
+        if not same_model:
+            return Engine(settings=settings)
+        self.settings = settings
+        return self
+
+
+__all__ = ["Cancelled", "CompletionResult", "Engine", "FillResult", "ModelError"]

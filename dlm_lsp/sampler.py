@@ -1,0 +1,129 @@
+"""The denoising loop: pure numpy over a `Denoiser`.
+
+One request: encode the context once, start from an all-mask canvas, and each denoise step
+predict every masked position in parallel and commit those confident enough (confidence-based
+parallel decoding as in LLaDA's low-confidence re-masking and Fast-dLLM's threshold rule), at
+least one per step. A committed end-of-span token closes its canvas: everything after it is
+filled with end-of-span at once (DreamOn / LLaDA pad answers with EOS), which is what lets an
+easy line finish in one or two steps. Optionally, committed tokens whose probability fell below
+a floor are re-masked (self-correction, as in ReMDM).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+from .layout import Layout
+from .modelcard import SpecialTokens
+
+
+class Cancelled(Exception):
+    """The request was cancelled or superseded between two denoise steps."""
+
+
+class Denoiser(Protocol):
+    """What the sampler needs from a model runtime (ONNX, or PyTorch for parity tests)."""
+
+    def encode(self, layout: Layout) -> object:
+        """Run the encoder over the context once; return an opaque context state."""
+
+    def denoise_step(
+        self, state: object, canvas_ids: np.ndarray, canvas_positions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One decoder call on canvas_ids (1, C): (pred_ids, pred_prob, canvas_prob), each (1, C)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplerSettings:
+    """How to denoise; the model card recommends threshold, max_steps and remask_floor."""
+
+    threshold: float = 0.9  # commit masked positions at least this confident
+    max_steps: int = 32  # denoiser calls at most; the last one commits everything left
+    remask_floor: float = 0.0  # re-mask committed tokens whose probability fell below (0 = off)
+    strategy: str = "parallel"  # or "left_to_right": one commit per step, leftmost first
+
+
+@dataclass
+class DenoiseResult:
+    """The committed canvases (truncated at end-of-span) and what it took."""
+
+    canvases: list[list[int]]
+    steps: int  # denoiser calls
+    committed_per_step: list[int] = field(default_factory=list)
+
+
+def _close_spans(canvas: np.ndarray, starts: np.ndarray, lengths: np.ndarray, eos: int) -> None:
+    """Fill every position after a committed end-of-span with end-of-span (in place)."""
+    for start, length in zip(starts, lengths):
+        row = canvas[start : start + length]
+        hits = np.flatnonzero(row == eos)
+        if hits.size:
+            row[hits[0] :] = eos
+
+
+def choose_commits(
+    masked: np.ndarray, pred_prob: np.ndarray, settings: SamplerSettings, last_step: bool
+) -> np.ndarray:
+    """Which masked positions to commit this step (a boolean array like `masked`)."""
+    if last_step:
+        return masked.copy()
+    commit = np.zeros_like(masked)
+    candidates = np.flatnonzero(masked)
+    if candidates.size == 0:
+        return commit
+    if settings.strategy == "left_to_right":
+        commit[candidates[0]] = True
+        return commit
+    commit = masked & (pred_prob >= settings.threshold)
+    if not commit.any():
+        commit[candidates[np.argmax(pred_prob[candidates])]] = True
+    return commit
+
+
+def denoise(
+    denoiser: Denoiser,
+    layout: Layout,
+    specials: SpecialTokens,
+    settings: SamplerSettings,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> DenoiseResult:
+    """Fill every canvas of `layout`; raise Cancelled if `cancelled()` turns true between steps."""
+    lengths = np.array(layout.canvas_lengths, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    total = int(lengths.sum())
+    canvas = np.full(total, specials.mask, dtype=np.int64)
+    positions = np.array([p for hole in layout.canvas_positions for p in hole], dtype=np.int64)
+    if cancelled():
+        raise Cancelled
+    state = denoiser.encode(layout)
+    steps = 0
+    committed_per_step: list[int] = []
+    max_steps = max(1, settings.max_steps)
+    while (canvas == specials.mask).any():
+        if cancelled():
+            raise Cancelled
+        pred_ids, pred_prob, canvas_prob = denoiser.denoise_step(
+            state, canvas[None, :], positions[None, :]
+        )
+        pred_ids, pred_prob, canvas_prob = pred_ids[0], pred_prob[0], canvas_prob[0]
+        steps += 1
+        last_step = steps >= max_steps
+        masked = canvas == specials.mask
+        if settings.remask_floor > 0 and not last_step:
+            fallen = ~masked & (canvas_prob < settings.remask_floor) & (pred_ids != canvas)
+            canvas[fallen] = specials.mask
+            masked |= fallen
+        commit = choose_commits(masked, pred_prob, settings, last_step)
+        canvas[commit] = pred_ids[commit]
+        committed_per_step.append(int(commit.sum()))
+        _close_spans(canvas, starts, lengths, specials.end_of_span)
+    canvases = []
+    for start, length in zip(starts, lengths):
+        row = canvas[start : start + length].tolist()
+        if specials.end_of_span in row:
+            row = row[: row.index(specials.end_of_span)]
+        canvases.append(row)
+    return DenoiseResult(canvases=canvases, steps=steps, committed_per_step=committed_per_step)

@@ -1,0 +1,358 @@
+"""The language server: pygls features wired to the documents store and the engine.
+
+Handlers are short: fetch the snapshot, call the engine on a worker thread, convert types.
+Model work never runs on the protocol thread, stdout carries only the protocol, and every
+request gets an answer: a result, an empty result, or a JSON-RPC error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from typing import Any
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException
+from pygls.lsp.server import LanguageServer
+
+from . import __version__
+from .documents import DocumentStore, PositionError, Snapshot, UnknownDocument
+from .engine import CompletionResult, Engine, FillResult
+from .modelcard import ModelError
+from .sampler import Cancelled
+from .settings import Settings, parse_settings, settings_to_wire
+
+log = logging.getLogger(__name__)
+
+FILL_METHOD = "dlm/fill"
+FILL_COMMAND = "dlm.fill"
+STATUS_METHOD = "dlm/status"
+
+
+class ContentModified(JsonRpcException):
+    """The document changed while the request ran; its answer would be for old text."""
+
+    CODE = -32801
+
+
+class InvalidParams(JsonRpcException):
+    """The request's parameters are not what the method takes."""
+
+    CODE = -32602
+
+
+def _plain(value: Any) -> Any:
+    """pygls hands custom-method params over as namedtuples; turn them back into dicts."""
+    if hasattr(value, "_asdict"):
+        return {k: _plain(v) for k, v in value._asdict().items()}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _lsp_range(snapshot: Snapshot, start: int, end: int) -> types.Range:
+    (sl, sc), (el, ec) = snapshot.position_at(start), snapshot.position_at(end)
+    return types.Range(types.Position(sl, sc), types.Position(el, ec))
+
+
+def _parse_range(raw: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((line, character), (line, character)) from a wire Range; InvalidParams if malformed."""
+    try:
+        start, end = raw["start"], raw["end"]
+        points = (start["line"], start["character"]), (end["line"], end["character"])
+    except (KeyError, TypeError):
+        raise InvalidParams(f"not a Range: {raw!r}") from None
+    for line, character in points:
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (line, character)):
+            raise InvalidParams(f"not a Range: {raw!r}")
+    return points
+
+
+class DlmServer(LanguageServer):
+    """The dlm-lsp language server and its state."""
+
+    def __init__(self, settings: Settings | None = None, engine: Engine | None = None) -> None:
+        super().__init__("dlm-lsp", __version__)
+        self.settings = settings or Settings()
+        self.store = DocumentStore()
+        self._engine = engine
+        self._engine_error: str | None = None
+        self._engine_lock = threading.Lock()
+        self._request_ids = itertools.count(1)
+        self.last: dict[str, Any] = {}
+
+    # -- the engine, loaded once, lazily, off the protocol thread -----------------------------
+
+    def engine(self) -> Engine | None:
+        """The loaded engine, or None (the error was logged and shown once)."""
+        with self._engine_lock:
+            if self._engine is None and self._engine_error is None:
+                try:
+                    self._engine = Engine(settings=self.settings)
+                except ModelError as exc:
+                    self._engine_error = str(exc)
+                    log.error("no model: %s", exc)
+                    self.show(f"dlm-lsp: no completions, the model cannot be used: {exc}",
+                              types.MessageType.Error)
+                except Exception as exc:  # a broken onnx file can raise anything
+                    self._engine_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("model failed to load")
+                    self.show(f"dlm-lsp: the model failed to load: {exc}", types.MessageType.Error)
+            return self._engine
+
+    def apply_settings(self, raw: Any) -> None:
+        """Merge wire settings; bad values fall back and the user is told."""
+        settings, problems = parse_settings(raw, self.settings)
+        for problem in problems:
+            log.warning("%s", problem)
+        if problems:
+            self.show("dlm-lsp settings: " + "; ".join(problems), types.MessageType.Warning)
+        logging.getLogger("dlm_lsp").setLevel(settings.log_level.upper())
+        with self._engine_lock:
+            model_changed = (settings.model_dir, settings.device, settings.threads) != (
+                self.settings.model_dir, self.settings.device, self.settings.threads)
+            self.settings = settings
+            if model_changed:
+                self._engine, self._engine_error = None, None
+            elif self._engine is not None:
+                self._engine.settings = settings
+
+    def show(self, message: str, kind: types.MessageType) -> None:
+        """window/showMessage, ignored when no client is connected (tests, one-shot use)."""
+        try:
+            self.window_show_message(types.ShowMessageParams(type=kind, message=message))
+        except Exception:
+            log.debug("showMessage not sent: %s", message)
+
+    def snapshot(self, uri: str) -> Snapshot | None:
+        """The open document, or None (logged) when the uri is not open."""
+        try:
+            return self.store.get(uri)
+        except UnknownDocument:
+            log.info("request for a document that is not open: %s", uri)
+            return None
+
+    async def run_model(self, key: str, work, *args) -> Any:
+        """Run engine work on a thread; newest request per `key` wins, client cancels stop it.
+
+        Raises asyncio.CancelledError when the client cancelled (pygls answers
+        RequestCancelled) and Cancelled when a newer request superseded this one.
+        """
+        engine = self.engine()
+        if engine is None:
+            raise Cancelled
+        stop = threading.Event()
+        stale = engine.supersede(key)
+        try:
+            return await asyncio.to_thread(
+                work, engine, *args, lambda: stop.is_set() or stale()
+            )
+        except asyncio.CancelledError:
+            stop.set()  # the worker sees it at its next denoise step
+            raise
+
+    def record(self, kind: str, result: CompletionResult | FillResult | None, started: float,
+               scope: str | None = None) -> None:
+        """Remember the last request's figures for `dlm/status` (editors, bench)."""
+        self.last = {
+            "kind": kind,
+            "latencyMs": round((time.perf_counter() - started) * 1000, 2),
+            "steps": getattr(result, "steps", 0),
+            "tokens": getattr(result, "tokens", 0),
+            "cached": bool(getattr(result, "cached", False)),
+            "scope": scope,
+        }
+
+
+def _complete(engine: Engine, snapshot: Snapshot, offset: int, cancelled) -> CompletionResult:
+    return engine.complete(snapshot, offset, cancelled=cancelled)
+
+
+def _fill(engine: Engine, snapshot: Snapshot, ranges, cancelled) -> FillResult:
+    return engine.fill(snapshot, ranges, cancelled=cancelled)
+
+
+def _fill_markers(engine: Engine, snapshot: Snapshot, marker: str, cancelled) -> FillResult:
+    return engine.fill_markers(snapshot, marker, cancelled=cancelled)
+
+
+def create_server(settings: Settings | None = None, engine: Engine | None = None) -> DlmServer:
+    """A server with every feature registered."""
+    server = DlmServer(settings, engine)
+
+    @server.feature(types.INITIALIZE)
+    def initialize(ls: DlmServer, params: types.InitializeParams) -> None:
+        ls.store = DocumentStore(str(ls.workspace.position_encoding or "utf-16"))
+        ls.apply_settings(params.initialization_options)
+
+    @server.feature(types.INITIALIZED)
+    async def initialized(ls: DlmServer, params: types.InitializedParams) -> None:
+        await asyncio.to_thread(ls.engine)  # load the model now, not on the first keystroke
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    def did_change_configuration(ls: DlmServer, params: types.DidChangeConfigurationParams):
+        ls.apply_settings(params.settings)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: DlmServer, params: types.DidOpenTextDocumentParams) -> None:
+        doc = params.text_document
+        ls.store.open(doc.uri, doc.language_id, doc.version, doc.text)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: DlmServer, params: types.DidChangeTextDocumentParams) -> None:
+        changes = []
+        for change in params.content_changes:
+            if isinstance(change, types.TextDocumentContentChangePartial):
+                r = change.range
+                changes.append((((r.start.line, r.start.character),
+                                 (r.end.line, r.end.character)), change.text))
+            else:
+                changes.append((None, change.text))
+        try:
+            ls.store.change(params.text_document.uri, params.text_document.version, changes)
+        except UnknownDocument:
+            log.warning("didChange for a document that is not open: %s",
+                        params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: DlmServer, params: types.DidCloseTextDocumentParams) -> None:
+        ls.store.close(params.text_document.uri)
+        if ls._engine is not None:
+            ls._engine.forget(params.text_document.uri)
+
+    async def complete_at(ls: DlmServer, uri: str, position: types.Position, kind: str):
+        """The completion at a position, or None; shared by inline and classic completion."""
+        started = time.perf_counter()
+        snapshot = ls.snapshot(uri)
+        if snapshot is None or not ls.settings.language_enabled(snapshot.language_id):
+            return None, None
+        if len(snapshot.text) > ls.settings.max_document_bytes:
+            log.info("%s is too large for completions (%d chars)", uri, len(snapshot.text))
+            return None, None
+        try:
+            offset = snapshot.offset_at(position.line, position.character)
+        except PositionError as exc:
+            raise InvalidParams(str(exc)) from None
+        request = next(ls._request_ids)
+        try:
+            result = await ls.run_model(uri, _complete, snapshot, offset)
+        except Cancelled:
+            log.debug("#%d %s superseded", request, kind)
+            return None, None
+        current = ls.snapshot(uri)
+        if current is None or current.version != snapshot.version:
+            log.debug("#%d answered for version %s, document moved on", request, snapshot.version)
+            return None, None
+        scope = result.plan.holes[0].scope if result.plan and result.plan.holes else None
+        ls.record(kind, result, started, scope)
+        log.info("#%d %s %s: %s steps, %.0f ms%s", request, kind, scope, result.steps,
+                 ls.last["latencyMs"], " (cached)" if result.cached else "")
+        return snapshot, result.completion
+
+    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def inline_completion(ls: DlmServer, params: types.InlineCompletionParams):
+        snapshot, completion = await complete_at(
+            ls, params.text_document.uri, params.position, "inline")
+        if completion is None or not completion.text:
+            return types.InlineCompletionList(items=[])
+        return types.InlineCompletionList(items=[types.InlineCompletionItem(
+            insert_text=completion.text,
+            range=_lsp_range(snapshot, completion.start, completion.end),
+        )])
+
+    @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
+    async def completion(ls: DlmServer, params: types.CompletionParams):
+        snapshot, item = await complete_at(ls, params.text_document.uri, params.position,
+                                           "completion")
+        if item is None or not item.text.strip():
+            return types.CompletionList(is_incomplete=True, items=[])
+        first_line = next((line for line in item.text.splitlines() if line.strip()), item.text)
+        return types.CompletionList(is_incomplete=True, items=[types.CompletionItem(
+            label=first_line.strip()[:80],
+            kind=types.CompletionItemKind.Text,
+            detail="dlm-lsp",
+            documentation=types.MarkupContent(types.MarkupKind.PlainText, item.text),
+            insert_text_format=types.InsertTextFormat.PlainText,
+            text_edit=types.TextEdit(_lsp_range(snapshot, item.start, item.end), item.text),
+            filter_text=snapshot.text[
+                snapshot.text.rfind("\n", 0, item.start) + 1 : item.start].lstrip(),
+            sort_text="0",
+        )])
+
+    async def fill(ls: DlmServer, raw: Any) -> dict[str, Any]:
+        """dlm/fill: every hole (or re-write range) of a document in one parallel pass."""
+        started = time.perf_counter()
+        raw = _plain(raw)
+        if isinstance(raw, list) and len(raw) == 1:
+            raw = raw[0]  # executeCommand arguments: [params]
+        try:
+            uri = raw["textDocument"]["uri"]
+        except (KeyError, TypeError):
+            raise InvalidParams("dlm/fill needs {textDocument: {uri}, holes?: [Range]}") from None
+        holes = raw.get("holes")
+        if holes is not None and not isinstance(holes, list):
+            raise InvalidParams("holes must be a list of Range")
+        snapshot = ls.snapshot(uri)
+        if snapshot is None:
+            raise InvalidParams(f"document not open: {uri}")
+        if holes is None:
+            work, arg = _fill_markers, ls.settings.hole_marker
+        else:
+            ranges = []
+            for hole in holes:
+                (sl, sc), (el, ec) = _parse_range(hole)
+                try:
+                    start, end = snapshot.offset_at(sl, sc), snapshot.offset_at(el, ec)
+                except PositionError as exc:
+                    raise InvalidParams(str(exc)) from None
+                ranges.append((min(start, end), max(start, end)))
+            work, arg = _fill, ranges
+        try:
+            result = await ls.run_model("fill:" + uri, work, snapshot, arg)
+        except Cancelled:
+            if ls.engine() is None:
+                raise JsonRpcException.from_dict({
+                    "code": -32603, "message": f"no model: {ls._engine_error}"}) from None
+            raise ContentModified("a newer dlm/fill on this document superseded this one")
+        current = ls.snapshot(uri)
+        if current is None or current.version != snapshot.version:
+            raise ContentModified("the document changed while filling; ask again")
+        ls.record("fill", result, started, "span")
+        edits = [types.TextEdit(_lsp_range(snapshot, start, end), text)
+                 for start, end, text in result.edits]
+        return {"edits": [ls.protocol._converter.unstructure(e) for e in edits]}
+
+    @server.feature(FILL_METHOD)
+    async def fill_request(ls: DlmServer, params: Any) -> dict[str, Any]:
+        return await fill(ls, params)
+
+    @server.command(FILL_COMMAND)
+    async def fill_command(ls: DlmServer, *args: Any) -> dict[str, Any]:
+        params = args[0] if len(args) == 1 else list(args)
+        return await fill(ls, params)
+
+    @server.feature(STATUS_METHOD)
+    def status(ls: DlmServer, params: Any = None) -> dict[str, Any]:
+        engine = ls._engine
+        return {
+            "version": __version__,
+            "model": engine.card.name if engine else None,
+            "modelVersion": engine.card.version if engine else None,
+            "provider": engine.provider if engine else None,
+            "error": ls._engine_error,
+            "lastLatencyMs": ls.last.get("latencyMs"),
+            "lastSteps": ls.last.get("steps"),
+            "lastTokens": ls.last.get("tokens"),
+            "lastScope": ls.last.get("scope"),
+            "lastCached": ls.last.get("cached"),
+            "lastKind": ls.last.get("kind"),
+            "openDocuments": len(getattr(ls.store, "_documents", ())),
+            "settings": settings_to_wire(ls.settings),
+        }
+
+    return server

@@ -1,0 +1,127 @@
+"""Settings: one tree of fully defaulted, keyword-only dataclasses.
+
+On the wire (initializationOptions, workspace/didChangeConfiguration) the settings are a
+camelCase object, optionally under a "dlm" key. Inside they are snake_case. A bad value is
+replaced by its default and reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+STRATEGIES = ("parallel", "left_to_right")
+LOG_LEVELS = ("error", "warning", "info", "debug")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything a user can set. None means "the model card's recommendation"."""
+
+    enable: bool = True  # serve completions at all
+    languages: dict[str, bool] = field(default_factory=dict)  # per language id; missing = on
+    model_dir: str | None = None  # a model directory; None = the model shipped in the package
+    device: str = "auto"  # "auto" (CUDA when available), "cpu" or "cuda"
+    threads: int = 0  # CPU threads for ONNX Runtime; 0 = one per physical core
+    max_steps: int | None = None  # denoiser calls per request at most
+    threshold: float | None = None  # commit masked positions at least this confident
+    remask_floor: float | None = None  # re-mask committed tokens that fell below (0 = off)
+    strategy: str = "parallel"  # "left_to_right": one token per step, as an AR decoder would
+    prefix_tokens: int = 384  # context budget before the cursor
+    suffix_tokens: int = 128  # context budget after the cursor
+    max_block_lines: int = 16  # most lines a block completion may have
+    hole_marker: str = "<|hole|>"  # what dlm/fill treats as a hole when no ranges are given
+    max_document_bytes: int = 8_000_000  # larger buffers are tracked but get no completions
+    log_level: str = "info"
+
+    def language_enabled(self, language_id: str) -> bool:
+        """Whether completions are on for this language."""
+        return self.enable and self.languages.get(language_id, True)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _check(name: str, value: Any) -> Any:
+    """Validate one field's value; raise ValueError with a reason when it is unusable."""
+    if name in ("enable",):
+        if not isinstance(value, bool):
+            raise ValueError("expected true or false")
+    elif name == "languages":
+        if not isinstance(value, dict) or not all(isinstance(v, bool) for v in value.values()):
+            raise ValueError("expected an object of language id → true/false")
+        value = {str(k): v for k, v in value.items()}
+    elif name == "model_dir":
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ValueError("expected a directory path or null")
+    elif name == "device":
+        if value not in DEVICES:
+            raise ValueError(f"expected one of {', '.join(DEVICES)}")
+    elif name == "strategy":
+        if value not in STRATEGIES:
+            raise ValueError(f"expected one of {', '.join(STRATEGIES)}")
+    elif name == "log_level":
+        if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
+            raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+        value = value.lower()
+    elif name == "hole_marker":
+        if not isinstance(value, str) or not value:
+            raise ValueError("expected a non-empty string")
+    elif name in ("threshold", "remask_floor"):
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError("expected a number between 0 and 1")
+            if not 0.0 <= value <= 1.0:
+                raise ValueError("expected a number between 0 and 1")
+            value = float(value)
+    elif name in ("max_steps", "prefix_tokens", "suffix_tokens", "max_block_lines",
+                  "max_document_bytes", "threads"):
+        if value is None and name == "max_steps":
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("expected an integer")
+        low = 0 if name == "threads" else 1
+        if value < low:
+            raise ValueError(f"expected an integer ≥ {low}")
+    return value
+
+
+def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, list[str]]:
+    """Merge a wire settings object into `base`; return the settings and the problems found.
+
+    Unknown keys and bad values are reported and ignored (the field keeps its base value).
+    """
+    base = base or Settings()
+    problems: list[str] = []
+    if raw is None:
+        return base, problems
+    if isinstance(raw, dict) and isinstance(raw.get("dlm"), dict):
+        raw = raw["dlm"]
+    if not isinstance(raw, dict):
+        return base, [f"settings must be an object, got {type(raw).__name__}"]
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    changes: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = _snake(str(key))
+        if name not in fields:
+            problems.append(f"unknown setting {key!r} ignored")
+            continue
+        try:
+            changes[name] = _check(name, value)
+        except ValueError as exc:
+            problems.append(f"setting {_camel(name)}={value!r}: {exc}; keeping {getattr(base, name)!r}")
+    return dataclasses.replace(base, **changes), problems
+
+
+def settings_to_wire(settings: Settings) -> dict[str, Any]:
+    """The settings as a camelCase object (for `dlm/status` and documentation)."""
+    return {_camel(f.name): getattr(settings, f.name) for f in dataclasses.fields(settings)}
