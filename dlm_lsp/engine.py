@@ -21,7 +21,7 @@ from .cache import TypingCache
 from .languages import Syntax, syntax_for
 from .layout import build_layout
 from .modelcard import ModelCard, ModelError, default_model_dir, load_card
-from .plan import InfillPlan, PlanSettings, plan_completion, plan_holes
+from .plan import InfillPlan, PlanError, PlanSettings, plan_completion, plan_holes
 from .postprocess import Completion, finish
 from .sampler import Cancelled, Denoiser, SamplerSettings, denoise
 from .settings import Settings
@@ -118,6 +118,7 @@ class Engine:
             suffix_tokens=s.suffix_tokens,
             max_block_lines=s.max_block_lines,
             max_context=self.card.max_context,
+            max_position=self.card.max_position,
         )
 
     def count_tokens(self, text: str) -> int:
@@ -171,6 +172,7 @@ class Engine:
             buckets=self.card.canvas_buckets,
             settings=self.plan_settings(),
             count_tokens=self.count_tokens,
+            language_id=language_id,
         )
         fill = self._run(plan, text, syntax, cancelled)
         completion = fill.completions[0] if fill.completions else None
@@ -203,6 +205,7 @@ class Engine:
             buckets=self.card.canvas_buckets,
             settings=self.plan_settings(),
             count_tokens=self.count_tokens,
+            language_id=language_id,
         )
         result = self._run(plan, text, syntax, cancelled)
         for hole, completion in zip(plan.holes, result.completions):
@@ -302,4 +305,4 @@ class Engine:
         return self
 
 
-__all__ = ["Cancelled", "CompletionResult", "Engine", "FillResult", "ModelError"]
+__all__ = ["Cancelled", "CompletionResult", "Engine", "FillResult", "ModelError", "PlanError"]

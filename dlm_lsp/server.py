@@ -20,7 +20,7 @@ from pygls.lsp.server import LanguageServer
 
 from . import __version__
 from .documents import DocumentStore, PositionError, Snapshot, UnknownDocument
-from .engine import CompletionResult, Engine, FillResult
+from .engine import CompletionResult, Engine, FillResult, PlanError
 from .modelcard import ModelError
 from .sampler import Cancelled
 from .settings import Settings, parse_settings, settings_to_wire
@@ -314,6 +314,8 @@ def create_server(settings: Settings | None = None, engine: Engine | None = None
             work, arg = _fill, ranges
         try:
             result = await ls.run_model("fill:" + uri, work, snapshot, arg)
+        except PlanError as exc:
+            raise InvalidParams(str(exc)) from None
         except Cancelled:
             if ls.engine() is None:
                 raise JsonRpcException.from_dict({

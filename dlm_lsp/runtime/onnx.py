@@ -49,6 +49,18 @@ def _cpu_threads(requested: int) -> int:
     return max(1, min(physical or os.cpu_count() or 1, 8))
 
 
+def _cuda_driver_present() -> bool:
+    """Whether an NVIDIA driver is loadable; without one a CUDA session cannot start, and
+    trying costs a second of loading the fp16 graphs for nothing."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        return True
+    except OSError:
+        return os.name == "nt"  # Windows: let ORT try
+
+
 @dataclass
 class ContextState:
     """Encoded context of one request: keys/values as OrtValues plus the context mask."""
@@ -66,7 +78,8 @@ class OnnxDenoiser:
         self.card = card
         self._ort = ort
         available = ort.get_available_providers()
-        want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available
+        want_cuda = (device in ("auto", "cuda") and "CUDAExecutionProvider" in available
+                     and _cuda_driver_present())
         if device == "cuda" and not want_cuda:
             log.warning("device=cuda asked but onnxruntime offers %s; using the CPU", available)
         self.provider = "CPU"

@@ -1,0 +1,397 @@
+"""Trim decoded text to what the plan asked for: `finish(plan, index, generated, ...)`.
+
+Each filter is a small function ``(draft, context) -> draft | None`` (None: nothing worth
+showing), chained in `FILTERS` in the order below, after Tabby's postprocess. Inside the chain
+line endings are ``\\n``; the document's own line ending is restored at the end.
+
+1. `normalize_newlines`        — \\r\\n and \\r become \\n.
+2. `drop_leading_blank_lines`  — a run of blank lines at the start ("newline mess").
+3. `keep_first_line`           — single-line holes stop at the first newline.
+4. `cut_at_block_exit`         — the first line that leaves the block (indent below the body,
+                                 or a closer of a bracket opened before the hole) ends it.
+5. `cap_lines`                 — at most `max_lines` lines.
+6. `drop_suffix_repeat`        — a tail that repeats the text after the hole.
+7. `strip_trailing_whitespace` — on every line; blank lines at the end.
+8. `replace_closers`           — never duplicate auto-inserted closers; balance brackets.
+9. `drop_syntax_errors`        — trailing lines that add tree-sitter errors.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from dlm_lsp.languages import Syntax
+from dlm_lsp.plan import InfillPlan, Hole, indent_of, line_end, line_start
+
+_CLOSE_OF = {"(": ")", "[": "]", "{": "}"}
+_QUOTES = "\"'`"
+_LONE_CR = re.compile(r"\r(?!\n)")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """Text to put in place of document text [start, end)."""
+
+    text: str  # replaces document text [start, end)
+    start: int  # == hole.start
+    end: int  # >= hole.end; > hole.end when it replaces auto-inserted closers
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A completion being trimmed: its text (``\\n`` line endings) and where it ends."""
+
+    text: str
+    end: int
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the filters read: the document around the hole and the hole's rules."""
+
+    document: str
+    plan: InfillPlan
+    hole: Hole
+    syntax: Syntax | None
+    before: str  # the cursor line before hole.start
+    after: str  # the line after hole.end, to its end
+
+    @classmethod
+    def of(cls, plan: InfillPlan, index: int, document: str, syntax: Syntax | None) -> Context:
+        """The context of hole `index` of `plan`."""
+        hole = plan.holes[index]
+        before = document[line_start(document, hole.start) : hole.start]
+        after = document[hole.end : line_end(document, hole.end)]
+        return cls(document, plan, hole, syntax, before, after)
+
+    @property
+    def blank_before(self) -> bool:
+        """Whether the cursor line is blank up to the hole."""
+        return not self.before.strip()
+
+
+Filter = Callable[[Draft, Context], "Draft | None"]
+
+
+def _lines(text: str) -> list[str]:
+    return text.split("\n")
+
+
+def _with_text(draft: Draft, text: str) -> Draft | None:
+    return replace(draft, text=text) if text.strip() else None
+
+
+# ---------------------------------------------------------------------------- filters
+
+
+def normalize_newlines(draft: Draft, ctx: Context) -> Draft | None:
+    """Use ``\\n`` inside the chain whatever the model wrote."""
+    return _with_text(draft, draft.text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+def drop_leading_blank_lines(draft: Draft, ctx: Context) -> Draft | None:
+    """Leading blank lines: none on a blank cursor line, at most one after text.
+
+    On a blank cursor line the first real line is shifted left by the cursor's indentation
+    when it carries it, since the cursor already stands there.
+    """
+    text = draft.text
+    lead = re.match(r"(?:[ \t]*\n)+", text)
+    if not lead:
+        return draft
+    rest = text[lead.end() :]
+    if not ctx.blank_before:
+        return _with_text(draft, "\n" + rest)
+    if rest.startswith(ctx.before):
+        rest = rest[len(ctx.before) :]
+    return _with_text(draft, rest)
+
+
+def keep_first_line(draft: Draft, ctx: Context) -> Draft | None:
+    """Single-line holes end at the first newline."""
+    if not ctx.hole.stop.single_line:
+        return draft
+    return _with_text(draft, draft.text.split("\n", 1)[0])
+
+
+def cut_at_block_exit(draft: Draft, ctx: Context) -> Draft | None:
+    """Cut at the first line indented below `min_indent`, or after the line that closes a
+    bracket opened before the hole (the statement or block is then over). A dedented line that
+    closes such a bracket (a block's `}`) is kept as the last line."""
+    stop = ctx.hole.stop
+    lines = _lines(draft.text)
+    quote = _quote_state(ctx.before)
+    closing = _first_closing_line(lines, quote)
+    keep = len(lines) if closing is None or stop.single_line else closing + 1
+    for i, line in enumerate(lines[:keep]):
+        if stop.min_indent is None or not line.strip() or (i == 0 and stop.first_line_free):
+            continue
+        indent = indent_of(line) + (len(ctx.before) if i == 0 and ctx.blank_before else 0)
+        if indent < stop.min_indent:
+            keep = i + 1 if i == closing and line.strip()[0] in ")]}" else i
+            break
+    return _with_text(draft, "\n".join(lines[:keep]))
+
+
+def cap_lines(draft: Draft, ctx: Context) -> Draft | None:
+    """At most `max_lines` lines (a leading newline that ends the cursor line is free)."""
+    limit = ctx.hole.stop.max_lines
+    if limit is None:
+        return draft
+    lines = _lines(draft.text)
+    if not lines[0].strip() and len(lines) > 1:
+        limit += 1
+    return _with_text(draft, "\n".join(lines[:limit]))
+
+
+def drop_suffix_repeat(draft: Draft, ctx: Context) -> Draft | None:
+    """Drop a tail that repeats what follows the hole: the rest of the line, or the next
+    non-blank lines (compared with their indentation, so an inner `}` is not an outer one)."""
+    text = draft.text
+    after = ctx.after if ctx.after.strip() and not ctx.hole.stop.closers else ""
+    if after and "\n" not in text:
+        for tail in (after.rstrip(), after.strip()):
+            if text.rstrip().endswith(tail) and len(text.rstrip()) > len(tail):
+                return _with_text(draft, text.rstrip()[: -len(tail)])
+    lines = _lines(text)
+    absolute = [ctx.before + lines[0], *lines[1:]]
+    following = _following_lines(ctx.document, ctx.hole.end, len(lines))
+    for i in range(0 if ctx.blank_before else 1, len(lines)):
+        tail = [line.rstrip() for line in absolute[i:] if line.strip()]
+        if tail and tail == following[: len(tail)]:
+            return _with_text(draft, "\n".join(lines[:i]))
+    return draft
+
+
+def strip_trailing_whitespace(draft: Draft, ctx: Context) -> Draft | None:
+    """No trailing whitespace on any line, no blank lines at the end; the last line keeps its
+    spaces when document text follows it on the same line (`a█b` filled with ``x ``)."""
+    lines = [line.rstrip() for line in _lines(draft.text)]
+    while len(lines) > 1 and not lines[-1]:
+        lines.pop()
+    if ctx.after.strip() and len(lines) == 1:
+        lines[-1] = draft.text.split("\n")[0]
+    return _with_text(draft, "\n".join(lines))
+
+
+def replace_closers(draft: Draft, ctx: Context) -> Draft | None:
+    """Never duplicate what the editor auto-inserted after the cursor.
+
+    When the completion ends with (the start of) the closers and those characters close
+    something in the prefix, the completion replaces them in the document. A multi-line block
+    that leaves them out gets a line break so they land on their own line. Finally, trailing
+    closers that close nothing in the completion are dropped when the document provides them
+    right after.
+    """
+    text, closers = draft.text, ctx.hole.stop.closers.lstrip()
+    end = ctx.hole.end
+    if closers:
+        lead = len(ctx.hole.stop.closers) - len(closers)
+        for k in range(len(closers), 0, -1):
+            if text.endswith(closers[:k]) and _closes_outside(text, closers[:k], ctx.before):
+                return replace(draft, end=end + lead + k)
+        if "\n" in text and ctx.hole.scope in ("block", "statement"):
+            return replace(draft, text=text + "\n" + _indent_text(ctx.before))
+        return draft
+    return _drop_provided_closers(draft, ctx)
+
+
+def drop_syntax_errors(draft: Draft, ctx: Context) -> Draft | None:
+    """Drop trailing lines while the completion adds tree-sitter errors to the window."""
+    if ctx.syntax is None:
+        return draft
+    baseline = _errors_with(ctx, None)
+    candidate: Draft | None = draft
+    lines = _lines(draft.text)
+    for keep in range(len(lines), 0, -1):
+        if keep < len(lines):
+            trimmed = Draft("\n".join(lines[:keep]).rstrip(), ctx.hole.end)
+            candidate = _with_text(trimmed, trimmed.text)
+            if candidate is None:
+                continue
+            candidate = replace_closers(candidate, ctx)
+            if candidate is None:
+                continue
+        if _errors_with(ctx, candidate) <= baseline:
+            return candidate
+    return None
+
+
+FILTERS: tuple[Filter, ...] = (
+    normalize_newlines,
+    drop_leading_blank_lines,
+    keep_first_line,
+    cut_at_block_exit,
+    cap_lines,
+    drop_suffix_repeat,
+    strip_trailing_whitespace,
+    replace_closers,
+    drop_syntax_errors,
+)
+
+
+def finish(
+    plan: InfillPlan, index: int, generated: str, *, text: str, syntax: Syntax | None
+) -> Completion | None:
+    """Trim the decoded text of hole `index` to the plan's scope (None: nothing to show)."""
+    ctx = Context.of(plan, index, text, syntax)
+    draft: Draft | None = Draft(generated, ctx.hole.end)
+    for step in FILTERS:
+        if draft is None or not draft.text.strip():
+            return None
+        draft = step(draft, ctx)
+    if draft is None or not draft.text.strip():
+        return None
+    return Completion(draft.text.replace("\n", document_eol(text)), ctx.hole.start, draft.end)
+
+
+def document_eol(text: str) -> str:
+    """The document's line ending (its first one; ``\\n`` when it has none)."""
+    match = re.search(r"\r\n|\r|\n", text)
+    return match.group(0) if match else "\n"
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _indent_text(line: str) -> str:
+    return line[: indent_of(line)]
+
+
+def _following_lines(document: str, end: int, count: int) -> list[str]:
+    """The next `count` non-blank lines after the line holding `end` (right-stripped)."""
+    found: list[str] = []
+    pos = line_end(document, end)
+    for line in re.split(r"\r\n|\r|\n", document[pos : pos + 4000])[1:]:
+        if line.strip():
+            found.append(line.rstrip())
+            if len(found) >= count:
+                break
+    return found
+
+
+def _quote_state(line: str) -> str | None:
+    """The quote still open at the end of `line` (the completion starts inside that string)."""
+    quote = None
+    for _, _, _, quote in _walk(line, None):
+        pass
+    return quote
+
+
+def _bracket_walk(text: str, quote: str | None = None):
+    """Yield (line index, char, depth after it) for brackets outside simple quoted strings,
+    starting inside a string quoted with `quote` when given."""
+    for row, c, depth, _ in _walk(text, quote):
+        if c:
+            yield row, c, depth
+
+
+def _walk(text: str, quote: str | None):
+    """Yield (row, bracket or "", depth, open quote) after every character."""
+    depth = 0
+    for row, line in enumerate(_lines(text)):
+        quote = quote if quote == "`" or row == 0 else None
+        escaped = False
+        for c in line:
+            if quote:
+                if escaped:
+                    escaped = False
+                elif c == "\\":
+                    escaped = True
+                elif c == quote:
+                    quote = None
+                yield row, "", depth, quote
+            elif c in _QUOTES:
+                quote = c
+                yield row, "", depth, quote
+            elif c in "([{":
+                depth += 1
+                yield row, c, depth, quote
+            elif c in ")]}":
+                depth -= 1
+                yield row, c, depth, quote
+            else:
+                yield row, "", depth, quote
+
+
+def _first_closing_line(lines: list[str], quote: str | None = None) -> int | None:
+    """The first line on which a bracket opened before the completion is closed."""
+    for row, _, depth in _bracket_walk("\n".join(lines), quote):
+        if depth < 0:
+            return row
+    return None
+
+
+def _unmatched_closers(text: str, quote: str | None = None) -> str:
+    """The closing brackets of `text` that close nothing inside it, in order."""
+    stack: list[str] = []
+    unmatched = []
+    for _, c, _ in _bracket_walk(text, quote):
+        if c in "([{":
+            stack.append(c)
+        elif stack and _CLOSE_OF[stack[-1]] == c:
+            stack.pop()
+        else:
+            unmatched.append(c)
+    return "".join(unmatched)
+
+
+def _closes_outside(text: str, tail: str, before: str) -> bool:
+    """Whether every character of `tail` (the end of `text`) closes something opened before
+    the completion: an unmatched bracket, or a quote still open on the cursor line."""
+    quote = _quote_state(before)
+    brackets = "".join(c for c in tail if c in ")]}")
+    if brackets and not _unmatched_closers(text, quote).endswith(brackets):
+        return False
+    last_line = (before if "\n" not in text else "") + _lines(text)[-1]
+    return all(last_line.count(q) % 2 == 0 for q in set(tail) & set(_QUOTES))
+
+
+def _drop_provided_closers(draft: Draft, ctx: Context) -> Draft | None:
+    """Drop trailing closers that close nothing in the completion when the document has the
+    same closer next (an inline one, or one on a line at the same indentation)."""
+    text = draft.text
+    unmatched = _unmatched_closers(text, _quote_state(ctx.before))
+    rest = ctx.document[draft.end : draft.end + 2000]
+    next_char = rest.lstrip()[:1]
+    last = _lines(text)[-1]
+    own_line = not last.strip(")]}; \t")
+    if not unmatched or not text.rstrip().endswith(unmatched[-1]) or next_char != unmatched[-1]:
+        return draft
+    if own_line:
+        doc_line = rest.lstrip("\r\n").split("\n")[0]
+        if indent_of(doc_line) != indent_of(last) + (len(ctx.before) if "\n" not in text else 0):
+            return draft
+    trimmed = text.rstrip()
+    while trimmed and trimmed[-1] == next_char and unmatched.endswith(trimmed[-1]):
+        trimmed, unmatched = trimmed[:-1].rstrip(" \t"), unmatched[:-1]
+    return _with_text(draft, trimmed.rstrip())
+
+
+def _errors_with(ctx: Context, draft: Draft | None) -> int:
+    """ERROR and MISSING nodes in the plan's window, with `draft` in place of the hole (or
+    the document as it is when `draft` is None)."""
+    doc, plan = ctx.document, ctx.plan
+    start, end = plan.window_start, max(plan.window_end, ctx.hole.end)
+    if draft is None:
+        window = doc[start:end]
+    else:
+        tail = doc[draft.end : max(end, draft.end)]
+        window = doc[start : ctx.hole.start] + draft.text + tail
+    window = _LONE_CR.sub("\n", window)  # tree-sitter grammars do not end lines at a lone \r
+    tree = ctx.syntax.parser().parse(window.encode("utf-8", "surrogatepass"))
+    return _count_errors(tree.root_node)
+
+
+def _count_errors(root) -> int:
+    """Nodes that are ERROR or MISSING, descending only into subtrees that have errors."""
+    count, stack = 0, [root]
+    while stack:
+        node = stack.pop()
+        if node.is_error or node.is_missing:
+            count += 1
+        if node.has_error:
+            stack.extend(node.children)
+    return count
