@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 FILL_METHOD = "dlm/fill"
 FILL_COMMAND = "dlm.fill"
 STATUS_METHOD = "dlm/status"
+DEBUG_DOCUMENT_METHOD = "dlm/debugDocument"
 
 
 class ContentModified(JsonRpcException):
@@ -137,17 +138,22 @@ class DlmServer(LanguageServer):
             log.info("request for a document that is not open: %s", uri)
             return None
 
-    async def run_model(self, key: str, work, *args) -> Any:
+    async def run_model(self, key: str, work, *args, debounce_ms: int = 0) -> Any:
         """Run engine work on a thread; newest request per `key` wins, client cancels stop it.
 
-        Raises asyncio.CancelledError when the client cancelled (pygls answers
+        With `debounce_ms`, wait that long first: a keystroke burst then costs one model run,
+        not one per key. Raises asyncio.CancelledError when the client cancelled (pygls answers
         RequestCancelled) and Cancelled when a newer request superseded this one.
         """
-        engine = self.engine()
+        engine = await asyncio.to_thread(self.engine)
         if engine is None:
             raise Cancelled
         stop = threading.Event()
         stale = engine.supersede(key)
+        if debounce_ms > 0:
+            await asyncio.sleep(debounce_ms / 1000)
+            if stale():
+                raise Cancelled
         try:
             return await asyncio.to_thread(
                 work, engine, *args, lambda: stop.is_set() or stale()
@@ -187,7 +193,8 @@ def create_server(settings: Settings | None = None, engine: Engine | None = None
 
     @server.feature(types.INITIALIZE)
     def initialize(ls: DlmServer, params: types.InitializeParams) -> None:
-        ls.store = DocumentStore(str(ls.workspace.position_encoding or "utf-16"))
+        encoding = ls.workspace.position_encoding or types.PositionEncodingKind.Utf16
+        ls.store = DocumentStore(getattr(encoding, "value", encoding))
         ls.apply_settings(params.initialization_options)
 
     @server.feature(types.INITIALIZED)
@@ -240,7 +247,8 @@ def create_server(settings: Settings | None = None, engine: Engine | None = None
             raise InvalidParams(str(exc)) from None
         request = next(ls._request_ids)
         try:
-            result = await ls.run_model(uri, _complete, snapshot, offset)
+            result = await ls.run_model(uri, _complete, snapshot, offset,
+                                        debounce_ms=ls.settings.debounce_ms)
         except Cancelled:
             log.debug("#%d %s superseded", request, kind)
             return None, None
@@ -337,6 +345,23 @@ def create_server(settings: Settings | None = None, engine: Engine | None = None
     async def fill_command(ls: DlmServer, *args: Any) -> dict[str, Any]:
         params = args[0] if len(args) == 1 else list(args)
         return await fill(ls, params)
+
+    @server.feature(DEBUG_DOCUMENT_METHOD)
+    def debug_document(ls: DlmServer, params: Any) -> dict[str, Any]:
+        """The server's view of a document, for drift tests: version, text, syntax tree."""
+        raw = _plain(params)
+        try:
+            uri = raw["textDocument"]["uri"]
+        except (KeyError, TypeError):
+            raise InvalidParams("dlm/debugDocument needs {textDocument: {uri}}") from None
+        snapshot = ls.snapshot(uri)
+        if snapshot is None:
+            raise InvalidParams(f"document not open: {uri}")
+        return {
+            "version": snapshot.version,
+            "text": snapshot.text,
+            "sexp": str(snapshot.tree.root_node) if snapshot.tree is not None else None,
+        }
 
     @server.feature(STATUS_METHOD)
     def status(ls: DlmServer, params: Any = None) -> dict[str, Any]:

@@ -33,6 +33,7 @@ class Settings:
     prefix_tokens: int = 384  # context budget before the cursor
     suffix_tokens: int = 128  # context budget after the cursor
     max_block_lines: int = 16  # most lines a block completion may have
+    debounce_ms: int = 0  # wait this long before running the model; newer keystrokes win
     hole_marker: str = "<|hole|>"  # what dlm/fill treats as a hole when no ranges are given
     max_document_bytes: int = 8_000_000  # larger buffers are tracked but get no completions
     log_level: str = "info"
@@ -84,12 +85,12 @@ def _check(name: str, value: Any) -> Any:
                 raise ValueError("expected a number between 0 and 1")
             value = float(value)
     elif name in ("max_steps", "prefix_tokens", "suffix_tokens", "max_block_lines",
-                  "max_document_bytes", "threads"):
+                  "max_document_bytes", "threads", "debounce_ms"):
         if value is None and name == "max_steps":
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError("expected an integer")
-        low = 0 if name == "threads" else 1
+        low = 0 if name in ("threads", "debounce_ms") else 1
         if value < low:
             raise ValueError(f"expected an integer ≥ {low}")
     return value
