@@ -15,8 +15,9 @@ import time
 from typing import Any
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcException
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol, lsp_method
 
 from . import __version__
 from .documents import DocumentStore, PositionError, Snapshot, UnknownDocument
@@ -74,11 +75,67 @@ def _parse_range(raw: Any) -> tuple[tuple[int, int], tuple[int, int]]:
     return points
 
 
+class _Unanswerable:
+    """A message that could not be structured and has already been answered with an error."""
+
+
+class DlmProtocol(LanguageServerProtocol):
+    """pygls' protocol with two changes that keep the server honest.
+
+    * Documents live only in our DocumentStore. pygls' own workspace copy converts change
+      ranges by *mutating* them in place, with `str.splitlines` line breaks (U+2028, form
+      feed, ...) that LSP does not have, so our store would apply shifted ranges.
+    * A request whose params cannot be structured (a negative position, a wrong type, no
+      params at all) gets an InvalidParams error instead of no answer.
+    """
+
+    def _user(self, method: str, params: Any):
+        if (handler := self.fm.features.get(method)) is not None:
+            yield handler, (params,), None
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
+    def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams):
+        yield from self._user(types.TEXT_DOCUMENT_DID_OPEN, params)
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
+    def lsp_text_document__did_change(self, params: types.DidChangeTextDocumentParams):
+        yield from self._user(types.TEXT_DOCUMENT_DID_CHANGE, params)
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
+    def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams):
+        yield from self._user(types.TEXT_DOCUMENT_DID_CLOSE, params)
+
+    def structure_message(self, data: dict[str, Any]):
+        if "jsonrpc" not in data:
+            return data  # a nested object: json's object_hook sees those too
+        is_request = "method" in data and "id" in data
+        if is_request and "params" not in data:
+            data["params"] = None
+        try:
+            return super().structure_message(data)
+        except JsonRpcException as exc:
+            msg_id = data.get("id")
+            if not is_request or not isinstance(msg_id, (int, str)) or isinstance(msg_id, bool):
+                raise
+            log.warning("request %r (%s) has params we cannot read", msg_id, data.get("method"))
+            error = JsonRpcInvalidParams(f"invalid params for {data.get('method')}: {exc!r}")
+            self._send_response(msg_id, error=error.to_response_error())
+            return _Unanswerable()
+
+    def handle_message(self, message):
+        if isinstance(message, _Unanswerable):
+            return
+        if not hasattr(message, "jsonrpc"):  # valid JSON that is no JSON-RPC message
+            log.warning("ignoring a message that is not JSON-RPC: %.200r", message)
+            return
+        super().handle_message(message)
+
+
 class DlmServer(LanguageServer):
     """The dlm-lsp language server and its state."""
 
     def __init__(self, settings: Settings | None = None, engine: Engine | None = None) -> None:
-        super().__init__("dlm-lsp", __version__)
+        super().__init__("dlm-lsp", __version__, protocol_cls=DlmProtocol)
         self.settings = settings or Settings()
         self.store = DocumentStore()
         self._engine = engine
