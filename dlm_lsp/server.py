@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.exceptions import JsonRpcException, JsonRpcInternalError, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol, lsp_method
 
@@ -89,21 +89,23 @@ class DlmProtocol(LanguageServerProtocol):
       params at all) gets an InvalidParams error instead of no answer.
     """
 
-    def _user(self, method: str, params: Any):
+    # Plain functions, not generators: pygls keeps a generator handler of a notification in
+    # its request table for ever (a leak per keystroke).
+    def _user(self, method: str, params: Any) -> None:
         if (handler := self.fm.features.get(method)) is not None:
-            yield handler, (params,), None
+            handler(params)
 
     @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
-    def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams):
-        yield from self._user(types.TEXT_DOCUMENT_DID_OPEN, params)
+    def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams) -> None:
+        self._user(types.TEXT_DOCUMENT_DID_OPEN, params)
 
     @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
-    def lsp_text_document__did_change(self, params: types.DidChangeTextDocumentParams):
-        yield from self._user(types.TEXT_DOCUMENT_DID_CHANGE, params)
+    def lsp_text_document__did_change(self, params: types.DidChangeTextDocumentParams) -> None:
+        self._user(types.TEXT_DOCUMENT_DID_CHANGE, params)
 
     @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
-    def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams):
-        yield from self._user(types.TEXT_DOCUMENT_DID_CLOSE, params)
+    def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams) -> None:
+        self._user(types.TEXT_DOCUMENT_DID_CLOSE, params)
 
     def structure_message(self, data: dict[str, Any]):
         if "jsonrpc" not in data:
@@ -179,6 +181,10 @@ class DlmServer(LanguageServer):
                 self._engine, self._engine_error = None, None
             elif self._engine is not None:
                 self._engine.settings = settings
+
+    def report_server_error(self, error: Exception, source) -> None:
+        """Log what pygls could not handle; a popup per bad message would flood the editor."""
+        log.error("%s: %s", getattr(source, "__name__", source), error)
 
     def show(self, message: str, kind: types.MessageType) -> None:
         """window/showMessage, ignored when no client is connected (tests, one-shot use)."""
@@ -383,8 +389,7 @@ def create_server(settings: Settings | None = None, engine: Engine | None = None
             raise InvalidParams(str(exc)) from None
         except Cancelled:
             if ls.engine() is None:
-                raise JsonRpcException.from_dict({
-                    "code": -32603, "message": f"no model: {ls._engine_error}"}) from None
+                raise JsonRpcInternalError(f"no model: {ls._engine_error}") from None
             raise ContentModified("a newer dlm/fill on this document superseded this one")
         current = ls.snapshot(uri)
         if current is None or current.version != snapshot.version:

@@ -1,0 +1,118 @@
+"""The real dlm-lsp server plus two test-only requests, for reliability tests over stdio.
+
+    python tests/reliability/probe_server.py --model DIR [--fault-marker TEXT] [--log-level L]
+
+It is `dlm_lsp.server.create_server` unchanged, with:
+
+* ``reliability/probe`` → ``{"tasks", "threads", "rss", "documents", "pending"}``: asyncio
+  tasks alive, Python threads, resident memory, open documents, entries in pygls' in-flight
+  future table (to count leaks from inside the process; with PYTHONTRACEMALLOC=N also where
+  Python memory grew since the last probe);
+* ``reliability/document`` ``{"uri"}`` → ``{"version", "text", "sexp"}``: the server's view of a
+  buffer, its tree as an S-expression (None when it keeps no tree), to check for drift;
+* ``--fault-marker TEXT``: a completion whose document contains TEXT raises from the denoiser on
+  its second denoise step (a fault in the middle of a request).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import threading
+import tracemalloc
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import psutil  # noqa: E402
+
+from dlm_lsp.engine import Engine  # noqa: E402
+from dlm_lsp.server import create_server  # noqa: E402
+from dlm_lsp.settings import Settings  # noqa: E402
+
+
+class FaultyDenoiser:
+    """Delegates to a real denoiser; raises on the 2nd step while `armed.on` is set."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.provider = getattr(inner, "provider", "CPU")
+        self.graphs = getattr(inner, "graphs", None)
+        self.armed = threading.local()
+        self.steps = 0
+
+    def encode(self, layout):
+        self.steps = 0
+        return self.inner.encode(layout)
+
+    def denoise_step(self, state, canvas_ids, canvas_positions):
+        self.steps += 1
+        if getattr(self.armed, "on", False) and self.steps == 2:
+            raise RuntimeError("injected denoiser fault on step 2")
+        return self.inner.denoise_step(state, canvas_ids, canvas_positions)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--fault-marker", default=None)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args()
+    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings(model_dir=args.model, log_level=args.log_level)
+    engine = Engine(settings=settings)
+    if args.fault_marker:
+        faulty = FaultyDenoiser(engine.denoiser)
+        engine.denoiser = faulty
+        complete_text = engine.complete_text
+
+        def armed_complete_text(text, *a, **kw):
+            faulty.armed.on = args.fault_marker in text
+            try:
+                return complete_text(text, *a, **kw)
+            finally:
+                faulty.armed.on = False
+
+        engine.complete_text = armed_complete_text  # type: ignore[method-assign]
+    server = create_server(settings, engine)
+    process = psutil.Process()
+    snapshots: list = []
+
+    @server.feature("reliability/probe")
+    def probe(ls, params=None):
+        figures = {
+            "tasks": len(asyncio.all_tasks()),
+            "threads": threading.active_count(),
+            "rss": process.memory_info().rss,
+            "documents": len(ls.store.uris()),
+            # pygls' table of in-flight handler futures: must not grow with finished work
+            "pending": len(getattr(ls.protocol, "_request_futures", ())),
+        }
+        if tracemalloc.is_tracing():  # PYTHONTRACEMALLOC=N: where Python memory grows
+            snapshot = tracemalloc.take_snapshot().filter_traces(
+                [tracemalloc.Filter(False, tracemalloc.__file__)])
+            figures["traced"] = tracemalloc.get_traced_memory()[0]
+            if snapshots:
+                growth = snapshot.compare_to(snapshots[-1], "traceback")[:3]
+                figures["growth"] = [[str(g)] + g.traceback.format()[-16:] for g in growth]
+            snapshots[:] = [snapshot]
+        return figures
+
+    @server.feature("reliability/document")
+    def document(ls, params):
+        uri = params.uri if hasattr(params, "uri") else params["uri"]
+        snapshot = ls.store.get(uri)
+        return {
+            "version": snapshot.version,
+            "text": snapshot.text,
+            "sexp": str(snapshot.tree.root_node) if snapshot.tree is not None else None,
+        }
+
+    server.start_io()
+
+
+if __name__ == "__main__":
+    main()
