@@ -174,7 +174,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         return 1
     card = engine.card
     print(f"model: {card.name} {card.version} from {card.directory}")
-    params = card.extra.get("architecture", {}).get("parameters")
+    arch = card.extra.get("architecture", {})
+    params = arch.get("params") or arch.get("parameters")
     print(f"  layers {card.n_layers}, heads {card.n_heads}x{card.head_dim}, vocab {card.vocab_size}"
           + (f", {params:,} parameters" if params else ""))
     training = card.extra.get("training", {})
