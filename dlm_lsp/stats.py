@@ -8,6 +8,7 @@ choose where tables go.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import math
 from pathlib import Path
@@ -78,6 +79,9 @@ def open_text(path: str | Path, mode: str = "rt"):
     """Open a text file, transparently gzip-compressed when its name ends in .gz."""
     path = Path(path)
     if path.suffix == ".gz":
+        if "w" in mode:  # mtime=0: the same records give the same bytes (no churn in git)
+            raw = gzip.GzipFile(filename=str(path), mode="wb", mtime=0)
+            return io.TextIOWrapper(raw, encoding="utf-8")
         return gzip.open(path, mode, encoding="utf-8")
     return open(path, mode, encoding="utf-8")
 
