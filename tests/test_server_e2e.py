@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import pytest_lsp
@@ -153,3 +155,35 @@ async def test_hostile_input_gets_answers_and_the_server_lives(client: LanguageC
     open_doc(client, "def g(n):\n    ", uri="file:///g.py")
     result = await client.text_document_inline_completion_async(inline_params(1, 4, "file:///g.py"))
     assert isinstance(result, types.InlineCompletionList) and result.items
+
+
+from tests.reliability.synthetic_model import build_synthetic_model  # noqa: E402
+
+# The synthetic model always answers "pass": position tests then never depend on model quality.
+SYNTHETIC = build_synthetic_model(Path(tempfile.mkdtemp(prefix="dlm-e2e-synthetic-")))
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(
+    server_command=[sys.executable, "-m", "dlm_lsp", "--model", str(SYNTHETIC)]))
+async def utf8_client(lsp_client: LanguageClient):
+    lsp_client.init_result = await lsp_client.initialize_session(types.InitializeParams(
+        capabilities=types.ClientCapabilities(general=types.GeneralClientCapabilities(
+            position_encodings=[types.PositionEncodingKind.Utf8]))))
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def test_negotiated_utf8_positions_count_bytes(utf8_client: LanguageClient):
+    assert utf8_client.init_result.capabilities.position_encoding == "utf-8"
+    before = "x = '😀 日本'; "  # the cursor here: 20 bytes, 12 characters, 13 UTF-16 units
+    line = before + "  # ☃"
+    open_doc(utf8_client, line)
+    column = len(before.encode("utf-8"))
+    result = await utf8_client.text_document_inline_completion_async(inline_params(0, column))
+    assert [i.insert_text for i in result.items] == ["pass"]
+    # read as UTF-16 the column would fall past the line's end, and the range with it
+    assert result.items[0].range.start == types.Position(0, column)
+    await utf8_client.protocol.send_request_async("dlm/status", {})
+    debug = await utf8_client.protocol.send_request_async(
+        "dlm/debugDocument", {"textDocument": {"uri": URI}})
+    assert debug.text == line
