@@ -65,21 +65,26 @@ def _close_spans(canvas: np.ndarray, starts: np.ndarray, lengths: np.ndarray, eo
 
 
 def choose_commits(
-    masked: np.ndarray, pred_prob: np.ndarray, settings: SamplerSettings, last_step: bool
+    masked: np.ndarray, pred_prob: np.ndarray, settings: SamplerSettings, steps_left: int
 ) -> np.ndarray:
-    """Which masked positions to commit this step (a boolean array like `masked`)."""
-    if last_step:
-        return masked.copy()
+    """Which masked positions to commit this step (a boolean array like `masked`).
+
+    Parallel: every position at least `threshold` confident (Fast-dLLM's rule), and never fewer
+    than an even share of what is left over the steps left (LLaDA's schedule), so a hard canvas
+    still finishes within `max_steps`; ties go to the most confident positions.
+    """
     commit = np.zeros_like(masked)
     candidates = np.flatnonzero(masked)
     if candidates.size == 0:
         return commit
     if settings.strategy == "left_to_right":
-        commit[candidates[0]] = True
+        commit[candidates if steps_left <= 1 else candidates[:1]] = True  # the cap still holds
         return commit
     commit = masked & (pred_prob >= settings.threshold)
-    if not commit.any():
-        commit[candidates[np.argmax(pred_prob[candidates])]] = True
+    floor = -(-candidates.size // max(1, steps_left))  # ceil(masked / steps left)
+    if commit.sum() < floor:
+        best = candidates[np.argsort(-pred_prob[candidates], kind="stable")[:floor]]
+        commit[best] = True
     return commit
 
 
@@ -110,13 +115,13 @@ def denoise(
         )
         pred_ids, pred_prob, canvas_prob = pred_ids[0], pred_prob[0], canvas_prob[0]
         steps += 1
-        last_step = steps >= max_steps
+        steps_left = max_steps - steps + 1  # this one included
         masked = canvas == specials.mask
-        if settings.remask_floor > 0 and not last_step:
+        if settings.remask_floor > 0 and steps_left > 1:
             fallen = ~masked & (canvas_prob < settings.remask_floor) & (pred_ids != canvas)
             canvas[fallen] = specials.mask
             masked |= fallen
-        commit = choose_commits(masked, pred_prob, settings, last_step)
+        commit = choose_commits(masked, pred_prob, settings, steps_left)
         canvas[commit] = pred_ids[commit]
         committed_per_step.append(int(commit.sum()))
         _close_spans(canvas, starts, lengths, specials.end_of_span)

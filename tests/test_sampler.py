@@ -61,10 +61,13 @@ def test_end_of_span_closes_the_rest_of_the_canvas():
     assert result.steps == 2
 
 
-def test_max_steps_commits_everything_left():
-    d = ScriptedDenoiser([5, 6, 7, 8, 9, 10, 11, 12], [0.1] * 8)
+def test_unconfident_canvas_still_finishes_within_max_steps_on_schedule():
+    confidence = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    d = ScriptedDenoiser([5, 6, 7, 8, 9, 10, 11, 12], confidence)
     result = denoise(d, one_hole(8), SPECIALS, SamplerSettings(threshold=0.9, max_steps=3))
     assert result.steps == 3
+    assert result.committed_per_step == [3, 3, 2]  # ceil(8/3), ceil(5/2), the rest
+    assert d.calls[1].tolist() == [1, 1, 1, 1, 1, 10, 11, 12]  # most confident first
     assert result.canvases == [[5, 6, 7, 8, 9, 10, 11, 12]]
 
 
@@ -120,5 +123,7 @@ def test_cancellation_is_checked_between_steps():
 def test_choose_commits_threshold_rule():
     masked = np.array([True, True, False, True])
     prob = np.array([0.95, 0.5, 0.99, 0.91], dtype=np.float32)
-    got = choose_commits(masked, prob, SamplerSettings(threshold=0.9), last_step=False)
+    got = choose_commits(masked, prob, SamplerSettings(threshold=0.9), steps_left=10)
     assert got.tolist() == [True, False, False, True]
+    last = choose_commits(masked, prob, SamplerSettings(threshold=0.9), steps_left=1)
+    assert last.tolist() == [True, True, False, True]
