@@ -33,7 +33,11 @@ class Denoiser(Protocol):
     def denoise_step(
         self, state: object, canvas_ids: np.ndarray, canvas_positions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One decoder call on canvas_ids (1, C): (pred_ids, pred_prob, canvas_prob), each (1, C)."""
+        """One decoder call on canvas_ids (1, C): (pred_ids, pred_prob, canvas_prob), each (1, C).
+
+        A runtime whose `returns_logits` attribute is true also takes `need_logits=True` and
+        then returns the (1, C, V) logits as a fourth element (for `min_tokens`).
+        """
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +48,7 @@ class SamplerSettings:
     max_steps: int = 32  # denoiser calls at most; the last one commits everything left
     remask_floor: float = 0.0  # re-mask committed tokens whose probability fell below (0 = off)
     strategy: str = "parallel"  # or "left_to_right": one commit per step, leftmost first
+    min_tokens: int = 1  # a canvas's first positions may not end the span (min_new_tokens)
 
 
 @dataclass
@@ -88,6 +93,25 @@ def choose_commits(
     return commit
 
 
+def _no_early_end(
+    pred_ids: np.ndarray, pred_prob: np.ndarray, logits: np.ndarray, rows: np.ndarray,
+    banned: list[int],
+) -> None:
+    """At `rows`, replace the prediction by the best token that is not special (in place).
+
+    Like `min_new_tokens` in autoregressive decoding: an undertrained denoiser predicts
+    end-of-span first (the padding makes it the commonest canvas token), which would close
+    the span empty although the user asked for a completion.
+    """
+    scores = logits[rows].astype(np.float64)
+    scores[:, banned] = -np.inf
+    best = scores.argmax(-1)
+    scores -= scores.max(-1, keepdims=True)
+    probs = np.exp(scores)
+    pred_ids[rows] = best
+    pred_prob[rows] = probs[np.arange(len(rows)), best] / probs.sum(-1)
+
+
 def denoise(
     denoiser: Denoiser,
     layout: Layout,
@@ -107,13 +131,29 @@ def denoise(
     steps = 0
     committed_per_step: list[int] = []
     max_steps = max(1, settings.max_steps)
+    index_in_canvas = np.arange(total) - np.repeat(starts, lengths)
+    head = index_in_canvas < settings.min_tokens  # positions that may not end the span
+    can_ban = bool(getattr(denoiser, "returns_logits", False)) and head.any()
+    banned = sorted({specials.end_of_span, specials.mask, specials.pad, specials.file})
     while (canvas == specials.mask).any():
         if cancelled():
             raise Cancelled
-        pred_ids, pred_prob, canvas_prob = denoiser.denoise_step(
-            state, canvas[None, :], positions[None, :]
-        )
-        pred_ids, pred_prob, canvas_prob = pred_ids[0], pred_prob[0], canvas_prob[0]
+        guard = can_ban and bool((head & (canvas == specials.mask)).any())
+        if guard:
+            pred_ids, pred_prob, canvas_prob, logits = denoiser.denoise_step(
+                state, canvas[None, :], positions[None, :], need_logits=True
+            )
+        else:
+            pred_ids, pred_prob, canvas_prob = denoiser.denoise_step(
+                state, canvas[None, :], positions[None, :]
+            )
+        pred_ids, pred_prob, canvas_prob = pred_ids[0], pred_prob[0].copy(), canvas_prob[0]
+        pred_ids = pred_ids.copy()
+        if guard:
+            rows = np.flatnonzero(head & (canvas == specials.mask)
+                                  & (pred_ids == specials.end_of_span))
+            if rows.size:
+                _no_early_end(pred_ids, pred_prob, logits[0], rows, banned)
         steps += 1
         steps_left = max_steps - steps + 1  # this one included
         masked = canvas == specials.mask

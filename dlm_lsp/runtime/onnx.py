@@ -73,6 +73,8 @@ class ContextState:
 class OnnxDenoiser:
     """Encoder + decoder sessions for one model directory."""
 
+    returns_logits = True  # denoise_step(..., need_logits=True) adds the (B, C, V) logits
+
     def __init__(self, card: ModelCard, device: str = "auto", threads: int = 0) -> None:
         ort = _import_ort()
         self.card = card
@@ -150,9 +152,11 @@ class OnnxDenoiser:
         return ContextState(keys=keys, values=values, context_mask=mask)
 
     def denoise_step(
-        self, state: object, canvas_ids: np.ndarray, canvas_positions: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One decoder call; only the per-position argmax and probabilities come back."""
+        self, state: object, canvas_ids: np.ndarray, canvas_positions: np.ndarray,
+        need_logits: bool = False,
+    ) -> tuple[np.ndarray, ...]:
+        """One decoder call; only the per-position argmax and probabilities come back, and
+        the full logits when asked (a few steps per request at most)."""
         assert isinstance(state, ContextState)
         binding = self.decoder.io_binding()
         binding.bind_cpu_input("canvas_ids", np.ascontiguousarray(canvas_ids, dtype=np.int64))
@@ -162,8 +166,11 @@ class OnnxDenoiser:
         binding.bind_ortvalue_input("keys", state.keys)
         binding.bind_ortvalue_input("values", state.values)
         binding.bind_cpu_input("context_mask", state.context_mask)
-        for name in DECODER_OUTPUTS:
+        names = DECODER_OUTPUTS + (("logits",) if need_logits else ())
+        for name in names:
             binding.bind_output(name, "cpu")
         self.decoder.run_with_iobinding(binding)
-        pred_ids, pred_prob, canvas_prob = binding.copy_outputs_to_cpu()
-        return pred_ids, pred_prob.astype(np.float32), canvas_prob.astype(np.float32)
+        outputs = binding.copy_outputs_to_cpu()
+        pred_ids, pred_prob, canvas_prob = outputs[:3]
+        result = (pred_ids, pred_prob.astype(np.float32), canvas_prob.astype(np.float32))
+        return result + (outputs[3],) if need_logits else result

@@ -1,0 +1,142 @@
+"""python -m model_export: corpus → tokenizer → train → export → verify (→ heldout).
+
+Each step reads what the previous one wrote; see model_export/README.md for the full recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def cmd_corpus(args) -> int:
+    from .corpus import build_corpus, default_roots
+
+    roots = [Path(r) for r in args.roots] if args.roots else default_roots()
+    print(f"corpus from {len(roots)} roots: " + ", ".join(map(str, roots)))
+    stats = build_corpus(roots, Path(args.out), val_permille=args.val_permille)
+    print(json.dumps(stats.to_json(), indent=2))
+    return 0
+
+
+def cmd_tokenizer(args) -> int:
+    from .corpus import read_corpus
+    from .tokenizer import round_trip_report, save_tokenizer, train_tokenizer
+
+    corpus = Path(args.corpus)
+    total = sum(json.loads((corpus / "stats.json").read_text())["bytes"].values())
+    share = min(1.0, args.sample_bytes / max(total, 1))
+    keep = int(share * 1000)
+
+    def sample():
+        for record in read_corpus(corpus / "train.jsonl.zst"):
+            if int(record["sha256"][:8], 16) % 1000 < keep:  # a spread-out, stable sample
+                yield record["text"]
+
+    print(f"training BPE (vocab {args.vocab_size}) on ~{share:.0%} of {total / 1e6:.0f} MB")
+    tokenizer = train_tokenizer(sample(), vocab_size=args.vocab_size)
+    val = [r["text"] for r in read_corpus(corpus / "val.jsonl.zst")]
+    report = round_trip_report(tokenizer, val)
+    report["vocab_size"] = tokenizer.get_vocab_size()
+    report["trained_on_bytes_share"] = share
+    save_tokenizer(tokenizer, Path(args.out), report)
+    print(json.dumps(report, indent=2))
+    return 0 if report["round_trip_exact"] == report["files"] else 1
+
+
+def cmd_train(args) -> int:
+    from .train import main_from_args
+
+    return main_from_args(args)
+
+
+def cmd_export(args) -> int:
+    from .export import main_from_args
+
+    return main_from_args(args)
+
+
+def cmd_verify(args) -> int:
+    from .export import verify_from_args
+
+    return verify_from_args(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m model_export",
+        description="Build the dlm-lsp diffusion model: corpus → tokenizer → train → export → "
+                    "verify. Each step writes files the next one reads.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STEP")
+
+    p = sub.add_parser("corpus", help="collect, filter, de-duplicate and split source files",
+                       description="Walk source roots (default: this Python's stdlib and "
+                       "installed packages), drop tiny/huge/minified/generated/vendored files "
+                       "and duplicates, split train/val by content hash, write "
+                       "OUT/{train,val}.jsonl.zst and OUT/stats.json (counts, bytes, licences).")
+    p.add_argument("roots", nargs="*", help="directories to read (default: stdlib + site-packages)")
+    p.add_argument("--out", default="runs/corpus", help="output directory")
+    p.add_argument("--val-permille", type=int, default=20, help="validation share, per mille")
+    p.set_defaults(func=cmd_corpus)
+
+    p = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer on the corpus",
+                       description="Train a byte-level BPE (special tokens <|pad|> <|mask|> "
+                       "<|endofspan|> <|file|> at ids 0..3) on a stable sample of the training "
+                       "split, then check decode(encode(x)) == x on every validation file.")
+    p.add_argument("--corpus", default="runs/corpus")
+    p.add_argument("--out", default="runs/tokenizer.json")
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--sample-bytes", type=int, default=30_000_000,
+                   help="about how many corpus bytes to train on")
+    p.set_defaults(func=cmd_tokenizer)
+
+    from .train import add_train_arguments
+
+    p = sub.add_parser("train", help="train the denoiser (CPU, one GPU, or torchrun DDP)",
+                       description="Masked-diffusion training on infilling examples shaped like "
+                       "the server's requests. Writes checkpoints, log.jsonl and loss.png to "
+                       "--out; resumes from --out/last.pt when it exists. Under torchrun it "
+                       "runs DDP across the launched processes.")
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    from .export import add_export_arguments, add_verify_arguments
+
+    p = sub.add_parser("export", help="write a model directory (card, tokenizer, ONNX graphs)",
+                       description="Export encoder/decoder ONNX graphs (fp32, fp16, int8), check "
+                       "parity with PyTorch, time fp32 vs int8 on CPU, keep the faster CPU "
+                       "variant and write model.json.")
+    add_export_arguments(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("verify", help="check a model directory: card, parity, timings",
+                       description="Load model.json with the runtime's loader, run both graphs "
+                       "with onnxruntime and compare with the PyTorch checkpoint when given.")
+    add_verify_arguments(p)
+    p.set_defaults(func=cmd_verify)
+
+    try:  # written separately; the CLI works without it
+        from . import heldout
+    except ImportError:
+        heldout = None
+    if heldout is not None and hasattr(heldout, "add_parser"):
+        heldout.add_parser(sub)
+    else:
+        p = sub.add_parser("heldout", help="write a held-out infilling evaluation set "
+                           "(not available in this checkout)")
+        p.set_defaults(func=lambda args: (print("model_export/heldout.py is missing",
+                                                file=sys.stderr), 2)[1])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

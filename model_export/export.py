@@ -1,0 +1,493 @@
+"""Write a model directory: model.json, tokenizer.json, encoder/decoder ONNX graphs.
+
+Graphs are exported with ``torch.onnx.export(..., dynamo=True)`` with dynamic batch and length
+axes. The decoder computes, in-graph, the argmax (`pred_ids`), its probability (`pred_prob`)
+and the probability of the token already at each canvas position (`canvas_prob`), all float32
+even in the fp16 graph, with mask/pad/file banned (logit -inf); `logits` is an extra output for
+evaluation. Each variant is checked against PyTorch on several random shapes. Variants: fp32
+(CPU), fp16 (CUDA) and int8 (onnxruntime dynamic quantization, CPU), kept for the CPU only when it
+is faster and loses no validation exact-match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from dlm_lsp.modelcard import GraphFiles, ModelCard, SamplerDefaults, SpecialTokens, load_card
+
+from .model import Denoiser
+
+ENCODER_INPUTS = ["input_ids", "position_ids", "attention_mask"]
+ENCODER_OUTPUTS = ["keys", "values"]
+DECODER_INPUTS = ["canvas_ids", "canvas_position_ids", "keys", "values", "context_mask"]
+DECODER_OUTPUTS = ["pred_ids", "pred_prob", "canvas_prob", "logits"]
+BUCKETS = (16, 32, 64, 128)
+
+
+class EncoderGraph(nn.Module):
+    def __init__(self, model: Denoiser):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, position_ids, attention_mask):
+        return self.model.encode(input_ids, position_ids, attention_mask)
+
+
+class DecoderGraph(nn.Module):
+    def __init__(self, model: Denoiser, banned: list[int]):
+        super().__init__()
+        self.model = model
+        bias = torch.zeros(model.cfg.vocab_size)
+        bias[banned] = float("-inf")
+        self.register_buffer("banned_bias", bias)  # (V,) float32
+
+    def forward(self, canvas_ids, canvas_position_ids, keys, values, context_mask):
+        logits = self.model.denoise(canvas_ids, canvas_position_ids, keys, values, context_mask)
+        logits = logits.float() + self.banned_bias  # (B, C, V) float32
+        probs = torch.softmax(logits, dim=-1)
+        pred_prob, pred_ids = probs.max(dim=-1)  # (B, C)
+        canvas_prob = probs.gather(-1, canvas_ids.unsqueeze(-1)).squeeze(-1)  # (B, C)
+        return pred_ids, pred_prob, canvas_prob, logits
+
+
+def example_inputs(model: Denoiser, B: int, S: int, C: int, dtype=torch.float32, seed: int = 0):
+    """Random encoder and decoder inputs; rows after the first have right padding."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.cfg
+    ids = torch.randint(4, cfg.vocab_size, (B, S), generator=g)
+    mask = torch.ones(B, S, dtype=torch.long)
+    for row in range(1, B):
+        mask[row, S - int(torch.randint(0, S, (1,), generator=g)):] = 0
+    mask[:, 0] = 1
+    positions = torch.arange(S).expand(B, S).clone() * mask
+    canvas = torch.randint(0, cfg.vocab_size, (B, C), generator=g)
+    canvas[:, ::2] = 1
+    canvas_positions = torch.arange(S, S + C).expand(B, C).clone()
+    L, H, D = cfg.n_layers, cfg.n_heads, cfg.head_dim
+    keys = torch.randn(L, B, H, S, D, generator=g).to(dtype)
+    values = torch.randn(L, B, H, S, D, generator=g).to(dtype)
+    return (ids, positions, mask), (canvas, canvas_positions, keys, values, mask)
+
+
+def export_graphs(model: Denoiser, specials: SpecialTokens, out_dir: Path, suffix: str = "",
+                  dtype=torch.float32) -> tuple[Path, Path]:
+    """Export encoder{suffix}.onnx and decoder{suffix}.onnx for `model` in `dtype`."""
+    model = model.eval()
+    if dtype != torch.float32:
+        model = _copy(model).to(dtype)
+    enc_args, dec_args = example_inputs(model, 2, 9, 5, dtype)
+    batch, ctx, canvas = (torch.export.Dim.DYNAMIC,) * 3
+    encoder_path = out_dir / f"encoder{suffix}.onnx"
+    decoder_path = out_dir / f"decoder{suffix}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            EncoderGraph(model), enc_args, str(encoder_path), dynamo=True,
+            input_names=ENCODER_INPUTS, output_names=ENCODER_OUTPUTS,
+            dynamic_shapes={"input_ids": {0: batch, 1: ctx}, "position_ids": {0: batch, 1: ctx},
+                            "attention_mask": {0: batch, 1: ctx}},
+            external_data=False, optimize=True, verbose=False,
+        )
+        banned = [specials.mask, specials.pad, specials.file]
+        torch.onnx.export(
+            DecoderGraph(model, banned), dec_args, str(decoder_path), dynamo=True,
+            input_names=DECODER_INPUTS, output_names=DECODER_OUTPUTS,
+            dynamic_shapes={"canvas_ids": {0: batch, 1: canvas},
+                            "canvas_position_ids": {0: batch, 1: canvas},
+                            "keys": {1: batch, 3: ctx}, "values": {1: batch, 3: ctx},
+                            "context_mask": {0: batch, 1: ctx}},
+            external_data=False, optimize=True, verbose=False,
+        )
+    return encoder_path, decoder_path
+
+
+def _copy(model: Denoiser) -> Denoiser:
+    clone = Denoiser(model.cfg)
+    clone.load_state_dict(model.state_dict())
+    return clone.eval()
+
+
+def session(path: Path, threads: int = 0, provider: str = "CPUExecutionProvider"):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=[provider])
+
+
+def parity(model: Denoiser, specials: SpecialTokens, encoder_path: Path, decoder_path: Path,
+           shapes=((1, 5, 16), (2, 37, 32), (3, 130, 64), (1, 512, 128)),
+           dtype=torch.float32) -> dict:
+    """Max abs differences between ONNX Runtime and PyTorch (same dtype) on random shapes."""
+    reference = model.eval() if dtype == torch.float32 else _copy(model).to(dtype)
+    torch_dec = DecoderGraph(reference, [specials.mask, specials.pad, specials.file])
+    enc, dec = session(encoder_path), session(decoder_path)
+    np_dtype = np.float16 if dtype == torch.float16 else np.float32
+    worst = {"keys": 0.0, "values": 0.0, "logits": 0.0, "pred_prob": 0.0, "canvas_prob": 0.0}
+    agree = total = 0
+    for seed, (B, S, C) in enumerate(shapes):
+        (ids, pos, mask), (canvas, cpos, _, _, _) = example_inputs(reference, B, S, C, dtype, seed)
+        with torch.no_grad():
+            keys, values = reference.encode(ids, pos, mask)
+        got_k, got_v = enc.run(None, {"input_ids": ids.numpy(), "position_ids": pos.numpy(),
+                                      "attention_mask": mask.numpy()})
+        real = mask.bool().numpy()[None, :, None, :, None]  # padded keys are never attended
+        worst["keys"] = max(worst["keys"], _diff(got_k, keys.float().numpy(), real))
+        worst["values"] = max(worst["values"], _diff(got_v, values.float().numpy(), real))
+        with torch.no_grad():
+            ref = torch_dec(canvas, cpos, keys, values, mask)
+        got = dec.run(None, {"canvas_ids": canvas.numpy(), "canvas_position_ids": cpos.numpy(),
+                             "keys": keys.numpy().astype(np_dtype),
+                             "values": values.numpy().astype(np_dtype),
+                             "context_mask": mask.numpy()})
+        outputs = dict(zip(DECODER_OUTPUTS, got))
+        for name in ("pred_prob", "canvas_prob", "logits"):
+            worst[name] = max(worst[name], _diff(outputs[name], ref[DECODER_OUTPUTS.index(name)]
+                                                 .float().numpy()))
+        assert outputs["pred_prob"].dtype == np.float32 and outputs["pred_ids"].dtype == np.int64
+        agree += int((outputs["pred_ids"] == ref[0].numpy()).sum())
+        total += ref[0].numel()
+    worst = {k: float(f"{v:.3g}") for k, v in worst.items()}
+    worst["pred_ids_agree"] = round(agree / total, 5)
+    worst["shapes"] = [list(s) for s in shapes]
+    return worst
+
+
+def _diff(got: np.ndarray, want: np.ndarray, where: np.ndarray | None = None) -> float:
+    """Max |got - want| over `where`; inf when an infinity in one is not in the other."""
+    got, want = got.astype(np.float64), want.astype(np.float64)
+    keep = np.ones(got.shape, bool) if where is None else np.broadcast_to(where, got.shape)
+    got, want = got[keep], want[keep]
+    finite = np.isfinite(want) & np.isfinite(got)
+    if not ((got == want) | finite).all():
+        return float("inf")
+    return float(np.abs(got[finite] - want[finite]).max(initial=0.0))
+
+
+# -- CPU timing and exact-match through ONNX Runtime ----------------------------------------------
+
+def time_graphs(encoder_path: Path, decoder_path: Path, threads: int = 2, context: int = 512,
+                canvas: int = 64, repeats: int = 20, kv_dtype=np.float32) -> dict:
+    """Milliseconds of the encoder at `context` tokens and of one decoder step (one variant)."""
+    return compare_timings({"graphs": (encoder_path, decoder_path, kv_dtype)}, threads, context,
+                           canvas, repeats)["graphs"]
+
+
+def compare_timings(variants: dict, threads: int = 2, context: int = 512, canvas: int = 64,
+                    repeats: int = 20) -> dict:
+    """Interleaved CPU timings of several variants {name: (encoder, decoder, kv dtype)}.
+
+    Runs alternate between variants so that load from other processes hits them alike; both
+    the median and the minimum are reported (the minimum is the least disturbed by other load).
+    """
+    S, C = context, canvas
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(4, 260, (1, S)).astype(np.int64),
+             "position_ids": np.arange(S, dtype=np.int64)[None],
+             "attention_mask": np.ones((1, S), np.int64)}
+    outputs = ["pred_ids", "pred_prob", "canvas_prob"]
+    runs = {}
+    for name, (encoder_path, decoder_path, kv_dtype) in variants.items():
+        enc, dec = session(encoder_path, threads), session(decoder_path, threads)
+        keys, values = enc.run(None, feeds)
+        dec_feeds = {"canvas_ids": np.ones((1, C), np.int64),
+                     "canvas_position_ids": np.arange(S, S + C, dtype=np.int64)[None],
+                     "keys": keys.astype(kv_dtype), "values": values.astype(kv_dtype),
+                     "context_mask": np.ones((1, S), np.int64)}
+        for _ in range(2):
+            enc.run(None, feeds)
+            dec.run(outputs, dec_feeds)
+        runs[name] = (enc, dec, dec_feeds, [], [])
+    for _ in range(repeats):
+        for enc, dec, dec_feeds, encoder_ms, decoder_ms in runs.values():
+            start = time.perf_counter()
+            enc.run(None, feeds)
+            encoder_ms.append(1000 * (time.perf_counter() - start))
+            start = time.perf_counter()
+            dec.run(outputs, dec_feeds)
+            decoder_ms.append(1000 * (time.perf_counter() - start))
+    return {name: {"encoder_ms": round(float(np.median(e)), 2),
+                   "encoder_min_ms": round(float(np.min(e)), 2),
+                   "decoder_step_ms": round(float(np.median(d)), 2),
+                   "decoder_step_min_ms": round(float(np.min(d)), 2),
+                   "context": S, "canvas": C, "threads": threads, "repeats": repeats}
+            for name, (_, _, _, e, d) in runs.items()}
+
+
+def onnx_exact_match(encoder_path: Path, decoder_path: Path, examples, specials: SpecialTokens,
+                     threshold: float = 0.9, threads: int = 2,
+                     max_steps: int = 16) -> tuple[float, float]:
+    """Exact-match of the parallel sampler run through ONNX Runtime, one example at a time."""
+    from .sampling import until_end
+
+    enc, dec = session(encoder_path, threads), session(decoder_path, threads)
+    hits = total = steps = 0
+    for example in examples:
+        ctx = np.array([example.context_ids], np.int64)
+        keys, values = enc.run(None, {"input_ids": ctx,
+                                      "position_ids": np.array([example.context_positions]),
+                                      "attention_mask": np.ones_like(ctx)})
+        canvas = np.full((1, len(example.canvas_ids)), specials.mask, np.int64)
+        feeds = {"canvas_position_ids": np.array([example.canvas_positions], np.int64),
+                 "keys": keys, "values": values, "context_mask": np.ones_like(ctx)}
+        for step in range(max_steps):
+            if not (canvas == specials.mask).any():
+                break
+            pred, prob, _ = dec.run(["pred_ids", "pred_prob", "canvas_prob"],
+                                    {**feeds, "canvas_ids": canvas})
+            masked = canvas == specials.mask
+            conf = np.where(masked, prob, -1.0)
+            commit = masked & (conf >= threshold)
+            commit[0, conf[0].argmax()] = True
+            if step + 1 == max_steps:  # out of steps: take every remaining prediction
+                commit = masked
+            canvas = np.where(commit, pred, canvas)
+            steps += 1
+        row = canvas[0].tolist()
+        for start, length in example.holes:
+            got = until_end(row[start: start + length], specials.end_of_span)
+            want = until_end(example.canvas_ids[start: start + length], specials.end_of_span)
+            hits += got == want
+            total += 1
+    return hits / max(total, 1), steps / max(len(examples), 1)
+
+
+# -- sampler settings --------------------------------------------------------------------------
+
+def measure_sampler(model: Denoiser, examples, specials: SpecialTokens,
+                    thresholds=(0.5, 0.7, 0.9), step_caps=(4, 8, 16)) -> dict:
+    """Validation exact-match and steps over a grid; recommends the cheapest near-best setting."""
+    from .data import collate
+    from .sampling import exact_matches, infill
+
+    grid = []
+    batch = collate(examples, specials.pad)
+    for cap in step_caps:
+        for threshold in thresholds:
+            canvas, steps = infill(model, batch, specials, threshold, max_steps=cap)
+            hits, total = exact_matches(canvas, examples, specials.end_of_span)
+            grid.append({"threshold": threshold, "max_steps": cap,
+                         "exact_match": round(hits / max(total, 1), 4),
+                         "mean_steps": round(float(steps.float().mean()), 2)})
+    best = max(g["exact_match"] for g in grid)
+    good = [g for g in grid if g["exact_match"] >= best - 0.01]
+    pick = min(good, key=lambda g: (g["mean_steps"], -g["exact_match"], -g["threshold"]))
+    return {"grid": grid, "recommended": pick, "examples": len(examples)}
+
+
+# -- the model directory -----------------------------------------------------------------------
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default="runs/model/last.pt")
+    p.add_argument("--tokenizer", default="runs/tokenizer.json")
+    p.add_argument("--corpus", default="runs/corpus", help="for validation exact-match/stats")
+    p.add_argument("--out", default="runs/export", help="the model directory to write")
+    p.add_argument("--name", default="dlm-lsp-default")
+    p.add_argument("--version", default="0.1.0")
+    p.add_argument("--max-context", type=int, default=512)
+    p.add_argument("--em-examples", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for timings")
+    p.add_argument("--repeats", type=int, default=30, help="timed runs per graph")
+    p.add_argument("--cpu-variant", choices=["auto", "fp32", "int8"], default="auto")
+    p.add_argument("--no-fp16", action="store_true", help="skip the CUDA fp16 variant")
+    p.add_argument("--note", default="", help="free text stored under training.note")
+
+
+def add_verify_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir", nargs="?", default="dlm_lsp/models/default")
+    p.add_argument("--checkpoint", default="", help="compare with this PyTorch checkpoint")
+    p.add_argument("--threads", type=int, default=2)
+
+
+def _validation_examples(corpus: Path, tokenizer, specials, count: int, max_context: int):
+    from .data import ExampleMaker, ExampleSettings
+    from .train import load_texts
+    import random
+
+    path = corpus / "val.jsonl.zst"
+    if not path.is_file() or count <= 0:
+        return []
+    texts, languages = load_texts(path)
+    suffix = min(128, max_context // 4)
+    settings = ExampleSettings(max_context=max_context, prefix_tokens=max_context - 1 - suffix,
+                               suffix_tokens=suffix)
+    maker = ExampleMaker(texts, languages, tokenizer, specials, settings)
+    rng = random.Random(4242)
+    return [maker.make(rng) for _ in range(count)]
+
+
+def export_model_dir(args) -> dict:
+    from .corpus import corpus_stats
+    from .tokenizer import load_tokenizer, special_tokens
+    from .train import load_checkpoint
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / ".work"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir()
+    model, state = load_checkpoint(args.checkpoint)
+    tokenizer = load_tokenizer(args.tokenizer)
+    specials = special_tokens(tokenizer)
+    assert tokenizer.get_vocab_size() == model.cfg.vocab_size
+    report: dict = {}
+
+    print("exporting fp32 graphs")
+    enc32, dec32 = export_graphs(model, specials, work)
+    report["parity_fp32"] = parity(model, specials, enc32, dec32)
+    print("parity fp32:", report["parity_fp32"])
+    examples = _validation_examples(Path(args.corpus), tokenizer, specials, args.em_examples,
+                                    args.max_context)
+    sampler = measure_sampler(model, examples, specials) if examples else None
+    threshold = sampler["recommended"]["threshold"] if sampler else 0.9
+    em_steps = sampler["recommended"]["max_steps"] if sampler else 16
+    report["sampler_grid"] = sampler
+
+    variants = {"fp32": (enc32, dec32)}
+    em = {}
+    if args.cpu_variant in ("auto", "int8"):
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        enc8, dec8 = work / "encoder.int8.onnx", work / "decoder.int8.onnx"
+        for src, dst in ((enc32, enc8), (dec32, dec8)):
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        variants["int8"] = (enc8, dec8)
+        report["parity_int8_vs_torch"] = parity(model, specials, enc8, dec8)
+        print("int8 vs torch:", report["parity_int8_vs_torch"])
+    timings = compare_timings({k: (e, d, np.float32) for k, (e, d) in variants.items()},
+                              args.threads, repeats=args.repeats)
+    print("CPU timings:", json.dumps(timings))
+    if len(variants) > 1 and examples:
+        for name in variants:
+            em[name] = onnx_exact_match(*variants[name], examples, specials, threshold,
+                                        args.threads, em_steps)
+        print("exact-match (onnx) fp32 / int8:", em)
+    cpu = args.cpu_variant
+    if cpu == "auto":
+        # one request: the encoder plus a few denoising steps, least-disturbed runs
+        cost = {k: v["encoder_min_ms"] + 4 * v["decoder_step_min_ms"] for k, v in timings.items()}
+        int8_ok = "int8" in timings and (not em or em["int8"][0] >= em["fp32"][0])
+        cpu = "int8" if int8_ok and cost["int8"] < cost["fp32"] else "fp32"
+    report["cpu_timings_ms"] = timings
+    report["onnx_exact_match"] = {k: {"exact_match": round(v[0], 4), "mean_steps": round(v[1], 2)}
+                                  for k, v in em.items()}
+    report["cpu_variant"] = cpu
+    graphs = {}
+    keep = {variants[cpu][0]: "encoder.onnx" if cpu == "fp32" else "encoder.int8.onnx",
+            variants[cpu][1]: "decoder.onnx" if cpu == "fp32" else "decoder.int8.onnx"}
+    graphs["cpu"] = GraphFiles(encoder=keep[variants[cpu][0]], decoder=keep[variants[cpu][1]],
+                               dtype="float32")
+    if not args.no_fp16:
+        print("exporting fp16 graphs")
+        enc16, dec16 = export_graphs(model, specials, work, ".fp16", torch.float16)
+        try:
+            report["parity_fp16"] = parity(model, specials, enc16, dec16, dtype=torch.float16,
+                                           shapes=((1, 5, 16), (2, 37, 32)))
+        except Exception as exc:  # CPU onnxruntime lacks some fp16 kernels
+            report["parity_fp16"] = f"not checked on CPU: {type(exc).__name__}: {exc}"[:300]
+        print("parity fp16:", report["parity_fp16"])
+        keep[enc16], keep[dec16] = "encoder.fp16.onnx", "decoder.fp16.onnx"
+        graphs["cuda"] = GraphFiles(encoder="encoder.fp16.onnx", decoder="decoder.fp16.onnx",
+                                    dtype="float16")
+    for old in out.glob("*.onnx"):
+        old.unlink()
+    for src, name in keep.items():
+        shutil.move(str(src), out / name)
+    shutil.rmtree(work)
+    tokenizer.save(str(out / "tokenizer.json"))
+
+    cfg = model.cfg
+    recommended = sampler["recommended"] if sampler else {"threshold": 0.9, "max_steps": 32}
+    train_args = state.get("args", {})
+    card = ModelCard(
+        name=args.name, version=args.version, vocab_size=cfg.vocab_size,
+        n_layers=cfg.n_layers, n_heads=cfg.n_heads, head_dim=cfg.head_dim,
+        special_tokens=specials, canvas_buckets=BUCKETS, max_context=args.max_context,
+        max_position=cfg.max_position,
+        sampler=SamplerDefaults(threshold=recommended["threshold"],
+                                max_steps=recommended["max_steps"], remask_floor=0.0),
+        graphs=graphs,
+        extra={
+            "architecture": {"type": "bidirectional transformer denoiser (MDLM/LLaDA-style)",
+                             "d_model": cfg.d_model, "mlp_hidden": cfg.mlp_hidden,
+                             "mlp": "SwiGLU", "norm": "RMSNorm", "positions": "RoPE",
+                             "rope_base": cfg.rope_base, "tied_embeddings": True,
+                             "params": model.num_params()},
+            "training": {
+                "objective": "masked diffusion, t~U(1e-3,1), CE on masked canvas tokens / t",
+                "steps": state["step"], "tokens_seen": state["tokens_seen"],
+                "tokens_seen_counts": "context + canvas tokens of every training example",
+                "wall_seconds": round(state["train_seconds"], 1),
+                "hardware": state.get("hardware", "unknown"),
+                "batch_size": train_args.get("batch_size"), "lr": train_args.get("lr"),
+                "note": args.note,
+                "final": _final_log(Path(args.checkpoint).parent),
+            },
+            "corpus": corpus_stats(Path(args.corpus)),
+            "tokenizer_stats": _tokenizer_stats(Path(args.tokenizer)),
+            "export": report,
+        },
+    )
+    (out / "model.json").write_text(json.dumps(card.to_json(), indent=2) + "\n")
+    load_card(out)  # the runtime's own validation
+    sizes = {p.name: p.stat().st_size for p in out.iterdir() if p.is_file()}
+    print("wrote", out, json.dumps(sizes))
+    return report
+
+
+def _final_log(run_dir: Path) -> dict:
+    path = run_dir / "summary.json"
+    if path.is_file():
+        summary = json.loads(path.read_text())
+        return {k: summary.get(k) for k in ("final_train_loss_ema", "final_val_loss",
+                                            "val_exact_match", "params")}
+    return {}
+
+
+def _tokenizer_stats(path: Path) -> dict:
+    stats = path.with_suffix(".stats.json")
+    return json.loads(stats.read_text()) if stats.is_file() else {}
+
+
+def main_from_args(args) -> int:
+    export_model_dir(args)
+    return 0
+
+
+def verify_from_args(args) -> int:
+    card = load_card(args.model_dir)
+    print(f"card ok: {card.name} {card.version}, vocab {card.vocab_size}, "
+          f"graphs {sorted(card.graphs)}")
+    report = {}
+    for provider, files in card.graphs.items():
+        kv = np.float16 if files.dtype == "float16" else np.float32
+        try:
+            report[provider] = time_graphs(card.path(files.encoder), card.path(files.decoder),
+                                           args.threads, kv_dtype=kv, repeats=5)
+        except Exception as exc:
+            report[provider] = f"not runnable here: {type(exc).__name__}: {str(exc)[:200]}"
+    if args.checkpoint:
+        from .tokenizer import load_tokenizer, special_tokens
+        from .train import load_checkpoint
+
+        model, _ = load_checkpoint(args.checkpoint)
+        specials = special_tokens(load_tokenizer(card.path(card.tokenizer)))
+        cpu = card.graphs["cpu"]
+        report["parity_cpu"] = parity(model, specials, card.path(cpu.encoder),
+                                      card.path(cpu.decoder))
+    print(json.dumps(report, indent=2))
+    return 0
+

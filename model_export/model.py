@@ -1,0 +1,215 @@
+"""A bidirectional transformer denoiser for masked-diffusion infilling.
+
+One set of weights, three ways to run it:
+
+* `Denoiser.forward(ids, positions, real, is_canvas)` — one pass over ``[context; canvas]`` with
+  the *block* attention mask: a context token attends to context tokens only; a canvas token
+  attends to the context and to every canvas token. This is what training uses.
+* `Denoiser.encode(context)` → per-layer post-RoPE keys and values of the context. Because the
+  context never looks at the canvas, these do not depend on it: compute them once per request.
+* `Denoiser.denoise(canvas, keys, values)` → logits for every canvas position. Each step runs
+  only the canvas tokens against the cached context keys/values.
+
+`encode` + `denoise` equal `forward` exactly (up to float rounding); tests/model_export proves it.
+Architecture: RoPE, RMSNorm (pre-norm), a SwiGLU gated MLP, tied input/output embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class DenoiserConfig:
+    vocab_size: int = 8192  # tokenizer vocabulary, special tokens included
+    n_layers: int = 4  # transformer blocks
+    n_heads: int = 4  # attention heads (keys/values have as many; no GQA)
+    head_dim: int = 64  # width of one head; d_model = n_heads * head_dim
+    mlp_hidden: int = 512  # inner width of the gated MLP
+    max_position: int = 1024  # position ids must stay below this (RoPE works beyond, untrained)
+    rope_base: float = 10000.0  # RoPE frequency base
+    norm_eps: float = 1e-5  # RMSNorm epsilon
+
+    @property
+    def d_model(self) -> int:
+        return self.n_heads * self.head_dim
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm, computed in float32 so an fp16 graph cannot overflow."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return x32.type_as(x) * self.weight
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding tables computed from explicit position ids."""
+
+    def __init__(self, head_dim: int, base: float):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # (D/2,)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype):
+        freqs = positions.float()[..., None] * self.inv_freq  # (B, T, D/2)
+        emb = torch.cat([freqs, freqs], dim=-1)  # (B, T, D)
+        cos = emb.cos()[:, None].to(dtype)  # (B, 1, T, D)
+        sin = emb.sin()[:, None].to(dtype)
+        return cos, sin
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, D) by position (rotate-half convention)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: DenoiserConfig):
+        super().__init__()
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def project(self, x, cos, sin):
+        """Queries, keys (both after RoPE) and values of x: each (B, H, T, D)."""
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def attend(self, q, k, v, allowed):
+        """Attention of q (B,H,Tq,D) over k/v (B,H,Tk,D); allowed: bool (B,1|Tq,Tk)."""
+        scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))  # (B,H,Tq,Tk)
+        scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+        weights = torch.softmax(scores.float(), dim=-1).type_as(q)
+        out = weights @ v  # (B, H, Tq, D)
+        B, H, T, D = out.shape
+        return self.proj(out.transpose(1, 2).reshape(B, T, H * D))  # (B, Tq, d_model)
+
+
+class GatedMLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: DenoiserConfig):
+        super().__init__()
+        self.gate = nn.Linear(cfg.d_model, cfg.mlp_hidden, bias=False)
+        self.up = nn.Linear(cfg.d_model, cfg.mlp_hidden, bias=False)
+        self.down = nn.Linear(cfg.mlp_hidden, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: DenoiserConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = GatedMLP(cfg)
+
+    def finish(self, x, attended):
+        """Residual add of the attention output, then the MLP half of the block."""
+        x = x + attended
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Denoiser(nn.Module):
+    def __init__(self, cfg: DenoiserConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_base)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.apply(self._init)
+        for block in self.blocks:  # GPT-2 style scaled init of residual projections
+            std = 0.02 / math.sqrt(2 * cfg.n_layers)
+            nn.init.normal_(block.attn.proj.weight, std=std)
+            nn.init.normal_(block.mlp.down.weight, std=std)
+
+    @staticmethod
+    def _init(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Tied output head: (B, T, d_model) → (B, T, V)."""
+        return self.norm(h) @ self.embed.weight.t()
+
+    def forward(self, ids, positions, real, is_canvas, n_context: int | None = None):
+        """One pass with the block mask. ids/positions (B,T) int64; real, is_canvas (B,T) bool.
+
+        Returns logits (B, T, V), or only of tokens from `n_context` on when it is given (the
+        canvas, when the batch is laid out as [context; canvas]).
+        """
+        # query i may see key j iff j is a real token and (i is canvas or j is context)
+        allowed = real[:, None, :] & (is_canvas[:, :, None] | ~is_canvas[:, None, :])  # (B,T,T)
+        x = self.embed(ids)  # (B, T, d)
+        cos, sin = self.rotary(positions, x.dtype)
+        for block in self.blocks:
+            q, k, v = block.attn.project(block.attn_norm(x), cos, sin)
+            x = block.finish(x, block.attn.attend(q, k, v, allowed))
+        if n_context is not None:
+            x = x[:, n_context:]
+        return self.logits(x)
+
+    def encode(self, input_ids, position_ids, attention_mask):
+        """Context → post-RoPE keys and values, each (L, B, H, S, D).
+
+        The last block's MLP is never needed (only its keys/values are), so it is skipped.
+        """
+        real = attention_mask.bool()  # (B, S)
+        allowed = real[:, None, :]  # (B, 1, S)
+        x = self.embed(input_ids)  # (B, S, d)
+        cos, sin = self.rotary(position_ids, x.dtype)
+        keys, values = [], []
+        for index, block in enumerate(self.blocks):
+            q, k, v = block.attn.project(block.attn_norm(x), cos, sin)
+            keys.append(k)
+            values.append(v)
+            if index + 1 < len(self.blocks):
+                x = block.finish(x, block.attn.attend(q, k, v, allowed))
+        return torch.stack(keys), torch.stack(values)  # (L, B, H, S, D)
+
+    def denoise(self, canvas_ids, canvas_positions, keys, values, context_mask, canvas_mask=None):
+        """Canvas (B, C) against cached context keys/values (L, B, H, S, D) → logits (B, C, V).
+
+        `canvas_mask` (B, C) bool marks real canvas tokens when a batch pads canvases (training);
+        the runtime never pads a canvas and leaves it None.
+        """
+        if canvas_mask is None:
+            canvas_mask = torch.ones_like(canvas_ids, dtype=torch.bool)
+        allowed = torch.cat([context_mask.bool(), canvas_mask], dim=1)[:, None, :]  # (B,1,S+C)
+        x = self.embed(canvas_ids)  # (B, C, d)
+        cos, sin = self.rotary(canvas_positions, x.dtype)
+        for index, block in enumerate(self.blocks):
+            q, k, v = block.attn.project(block.attn_norm(x), cos, sin)
+            k = torch.cat([keys[index], k], dim=2)  # (B, H, S+C, D)
+            v = torch.cat([values[index], v], dim=2)
+            x = block.finish(x, block.attn.attend(q, k, v, allowed))
+        return self.logits(x)  # (B, C, V)
+
+
+def build_model(cfg: DenoiserConfig) -> Denoiser:
+    return Denoiser(cfg)

@@ -1,0 +1,353 @@
+"""Masked-diffusion training of the denoiser: CPU, one GPU, or several through torchrun (DDP).
+
+    python -m model_export train --corpus runs/corpus --tokenizer runs/tokenizer.json --out runs/m
+    torchrun --nproc_per_node 8 -m model_export train ...      # same code, DDP
+
+AdamW with linear warmup and cosine decay (the schedule follows whichever of --max-steps and
+--max-minutes is further along), bf16 autocast on CUDA, checkpoints (`last.pt`, resumed when
+present), periodic validation loss and validation infill exact-match, `log.jsonl`, `loss.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from .corpus import corpus_stats, read_corpus
+from .data import (Batch, ExampleMaker, ExampleSettings, batch_tokens_masked_ce, collate,
+                   diffusion_loss, mask_canvas)
+from .model import Denoiser, DenoiserConfig
+from .sampling import exact_matches, infill
+from .tokenizer import load_tokenizer, special_tokens
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--corpus", default="runs/corpus", help="directory written by `corpus`")
+    p.add_argument("--tokenizer", default="runs/tokenizer.json")
+    p.add_argument("--out", default="runs/model", help="checkpoints, log.jsonl, loss.png")
+    p.add_argument("--n-layers", type=int, default=4)
+    p.add_argument("--n-heads", type=int, default=4)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--mlp-hidden", type=int, default=512)
+    p.add_argument("--max-position", type=int, default=1024)
+    p.add_argument("--max-context", type=int, default=512, help="file token + prefix + suffix")
+    p.add_argument("--prefix-tokens", type=int, default=0,
+                   help="most prefix tokens (default: max-context - 1 - suffix-tokens)")
+    p.add_argument("--suffix-tokens", type=int, default=128, help="most suffix tokens")
+    p.add_argument("--long-context-rate", type=float, default=0.2,
+                   help="share of examples with full context budgets (the rest are short)")
+    p.add_argument("--buckets", default="16,32,64,128", help="canvas lengths")
+    p.add_argument("--batch-size", type=int, default=8, help="per process")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--min-lr-ratio", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--warmup", type=int, default=100, help="warmup steps")
+    p.add_argument("--max-steps", type=int, default=10_000)
+    p.add_argument("--max-minutes", type=float, default=0, help="stop after this (0 = no limit)")
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--eval-batches", type=int, default=8)
+    p.add_argument("--em-examples", type=int, default=32, help="validation infills per eval")
+    p.add_argument("--em-max-steps", type=int, default=8, help="sampler steps per infill in eval")
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--max-files", type=int, default=0, help="use at most this many files")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--device", default="", help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def example_settings(args) -> ExampleSettings:
+    buckets = tuple(sorted(int(b) for b in str(args.buckets).split(",")))
+    prefix = args.prefix_tokens or args.max_context - 1 - args.suffix_tokens
+    return ExampleSettings(buckets=buckets, max_context=args.max_context, prefix_tokens=prefix,
+                           suffix_tokens=args.suffix_tokens,
+                           long_context_rate=args.long_context_rate)
+
+
+def load_texts(path: Path, max_files: int = 0) -> tuple[list[str], list[str]]:
+    texts, languages = [], []
+    for record in read_corpus(path):
+        texts.append(record["text"])
+        languages.append(record["language"])
+        if max_files and len(texts) >= max_files:
+            break
+    return texts, languages
+
+
+def lr_at(progress: float, step: int, args) -> float:
+    """Linear warmup, then cosine from lr to lr * min_lr_ratio over progress 0..1."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * cosine)
+
+
+def hardware(device: torch.device, world: int) -> str:
+    if device.type == "cuda":
+        return f"{world}x {torch.cuda.get_device_name(device)}"
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+class Validator:
+    """Fixed validation examples and masks, so successive evaluations are comparable."""
+
+    def __init__(self, maker: ExampleMaker, batches: int, batch_size: int, em_examples: int,
+                 seed: int, em_max_steps: int = 8):
+        self.em_max_steps = em_max_steps
+        rng = random.Random(seed + 12345)
+        self.maker = maker
+        self.batches = [[maker.make(rng) for _ in range(batch_size)] for _ in range(batches)]
+        self.em = [maker.make(rng) for _ in range(em_examples)]
+        self.seed = seed
+
+    @torch.no_grad()
+    def loss(self, model, device, autocast) -> float:
+        """Mean masked cross-entropy per masked token (unweighted) at random t."""
+        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        total, count = 0.0, 0
+        specials = self.maker.specials
+        for examples in self.batches:
+            batch = collate(examples, specials.pad)
+            noisy, masked, _ = mask_canvas(batch.canvas_ids, batch.canvas_mask, specials.mask,
+                                           generator=gen)
+            batch = batch.to(device)
+            noisy, masked = noisy.to(device), masked.to(device)
+            with autocast:
+                logits = forward_canvas(model, batch, noisy)
+            ce, n = batch_tokens_masked_ce(logits, batch.canvas_ids, masked)
+            total, count = total + ce, count + n
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def exact_match(self, model, device, threshold: float = 0.9, chunk: int = 16):
+        """(exact-match rate over holes, mean denoiser steps per example)."""
+        hits = total = steps = 0
+        specials = self.maker.specials
+        for i in range(0, len(self.em), chunk):
+            examples = self.em[i: i + chunk]
+            batch = collate(examples, specials.pad).to(device)
+            canvas, used = infill(model, batch, specials, threshold, self.em_max_steps)
+            h, t = exact_matches(canvas.cpu(), examples, specials.end_of_span)
+            hits, total, steps = hits + h, total + t, steps + int(used.sum())
+        return hits / max(total, 1), steps / max(len(self.em), 1)
+
+
+def forward_canvas(model, batch: Batch, noisy_canvas: torch.Tensor) -> torch.Tensor:
+    """Logits of the canvas from one block-masked pass over [context; canvas]."""
+    ids = torch.cat([batch.context_ids, noisy_canvas], 1)  # (B, S+C)
+    positions = torch.cat([batch.context_positions, batch.canvas_positions], 1)
+    real = torch.cat([batch.context_mask, batch.canvas_mask], 1)
+    is_canvas = torch.cat([torch.zeros_like(batch.context_mask),
+                           torch.ones_like(batch.canvas_mask)], 1)
+    return model(ids, positions, real, is_canvas, n_context=batch.context_ids.shape[1])
+
+
+def plot_log(log_path: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    train = [(r["step"], r["loss"]) for r in rows if r.get("kind") == "train"]
+    val = [(r["step"], r["val_loss"]) for r in rows if r.get("kind") == "eval"]
+    if not train:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(*zip(*train), label="train (1/t-weighted)", alpha=0.6)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation (masked CE)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def train(args) -> dict:
+    """Run training; returns the final summary (also written to OUT/summary.json)."""
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device:
+        device = torch.device(args.device)
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    main = rank == 0
+    out = Path(args.out)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed + rank)
+    rng = random.Random(args.seed * 1000 + rank)
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    specials = special_tokens(tokenizer)
+    settings = example_settings(args)
+    corpus = Path(args.corpus)
+    texts, languages = load_texts(corpus / "train.jsonl.zst", args.max_files)
+    val_texts, val_languages = load_texts(corpus / "val.jsonl.zst", args.max_files)
+    maker = ExampleMaker(texts, languages, tokenizer, specials, settings)
+    validator = Validator(ExampleMaker(val_texts, val_languages, tokenizer, specials, settings),
+                          args.eval_batches, args.batch_size, args.em_examples, args.seed,
+                          args.em_max_steps)
+
+    cfg = DenoiserConfig(vocab_size=tokenizer.get_vocab_size(), n_layers=args.n_layers,
+                         n_heads=args.n_heads, head_dim=args.head_dim,
+                         mlp_hidden=args.mlp_hidden, max_position=args.max_position)
+    model = Denoiser(cfg).to(device)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=args.lr, betas=(0.9, 0.95))
+    step, tokens_seen, seconds = 0, 0, 0.0
+    resume = out / "last.pt"
+    if resume.is_file():
+        state = torch.load(resume, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, tokens_seen, seconds = state["step"], state["tokens_seen"], state["train_seconds"]
+        rng.seed(args.seed * 1000 + rank + step)
+        if main:
+            print(f"resumed from {resume} at step {step}")
+    ddp = (torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[local_rank] if device.type == "cuda" else None)
+        if world > 1 else model)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else nullcontext())
+    log_path = out / "log.jsonl"
+    hw = hardware(device, world)
+
+    def save(name: str) -> None:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "config": asdict(cfg), "step": step, "tokens_seen": tokens_seen,
+                    "train_seconds": seconds, "hardware": hw,
+                    # not the subcommand's function: unpickling it would need this __main__
+                    "args": {k: v for k, v in vars(args).items() if not callable(v)},
+                    "specials": vars(specials)}, out / name)
+
+    def log(row: dict) -> None:
+        with open(log_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def evaluate() -> dict:
+        model.eval()
+        val_loss = validator.loss(model, device, autocast)
+        em, em_steps = validator.exact_match(model, device)
+        model.train()
+        row = {"kind": "eval", "step": step, "val_loss": round(val_loss, 4),
+               "val_exact_match": round(em, 4), "val_em_steps": round(em_steps, 2),
+               "tokens_seen": tokens_seen, "seconds": round(seconds, 1)}
+        log(row)
+        return row
+
+    if main:
+        print(f"model {model.num_params() / 1e6:.2f}M params, {len(texts)} train files, "
+              f"{len(val_texts)} val files, device {hw}, world {world}")
+    bar = tqdm(total=args.max_steps, initial=step, disable=not main or args.no_progress,
+               dynamic_ncols=True)
+    started = time.time() - seconds
+    last_eval = None
+    if main and step == 0:
+        bar.write(json.dumps(evaluate()))  # the untrained baseline, for the curve
+    model.train()
+    loss_ema = None
+    while step < args.max_steps:
+        seconds = time.time() - started
+        progress = step / args.max_steps
+        if args.max_minutes:
+            progress = max(progress, seconds / (60 * args.max_minutes))
+            stop = torch.tensor(float(progress >= 1.0))
+            if world > 1:
+                dist.broadcast(stop, 0)
+            if stop.item():
+                break
+        lr = lr_at(progress, step, args)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = collate([maker.make(rng) for _ in range(args.batch_size)], specials.pad)
+        noisy, masked, t = mask_canvas(batch.canvas_ids, batch.canvas_mask, specials.mask)
+        batch = batch.to(device)
+        noisy, masked, t = noisy.to(device), masked.to(device), t.to(device)
+        with autocast:
+            logits = forward_canvas(ddp, batch, noisy)
+        loss = diffusion_loss(logits, batch.canvas_ids, masked, t, batch.canvas_mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        tokens_seen += batch.tokens * world
+        value = loss.item()
+        loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value
+        if main:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_ema:.3f}", lr=f"{lr:.2e}")
+            if step % 10 == 0:
+                log({"kind": "train", "step": step, "loss": round(value, 4),
+                     "loss_ema": round(loss_ema, 4), "lr": lr, "grad_norm": round(float(norm), 3),
+                     "tokens_seen": tokens_seen, "seconds": round(time.time() - started, 1)})
+            if step % args.eval_every == 0:
+                last_eval = evaluate()
+                bar.write(json.dumps(last_eval))
+            if step % args.save_every == 0:
+                seconds = time.time() - started
+                save("last.pt")
+    bar.close()
+    seconds = time.time() - started
+    summary = {}
+    if main:
+        if last_eval is None or last_eval["step"] != step:
+            last_eval = evaluate()
+        save("last.pt")
+        plot_log(log_path, out / "loss.png")
+        summary = {
+            "steps": step, "tokens_seen": tokens_seen, "train_seconds": round(seconds, 1),
+            "hardware": hw, "world_size": world, "params": model.num_params(),
+            "final_train_loss_ema": round(loss_ema or float("nan"), 4),
+            "final_val_loss": last_eval["val_loss"],
+            "val_exact_match": last_eval["val_exact_match"],
+            "batch_size": args.batch_size * world, "lr": args.lr,
+            "corpus": corpus_stats(corpus), "max_files": args.max_files,
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(json.dumps({k: v for k, v in summary.items() if k != "corpus"}))
+    if world > 1:
+        dist.destroy_process_group()
+    return summary
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Denoiser, dict]:
+    """A trained model (eval mode) and its checkpoint dict."""
+    state = torch.load(path, map_location=device, weights_only=False)
+    model = Denoiser(DenoiserConfig(**state["config"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, state
+
+
+def main_from_args(args) -> int:
+    train(args)
+    return 0
