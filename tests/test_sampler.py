@@ -1,5 +1,7 @@
 """The denoising loop with a fake denoiser whose confidences we choose."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -127,3 +129,29 @@ def test_choose_commits_threshold_rule():
     assert got.tolist() == [True, False, False, True]
     last = choose_commits(masked, prob, SamplerSettings(threshold=0.9), steps_left=1)
     assert last.tolist() == [True, True, False, True]
+
+
+class LogitsDenoiser(ScriptedDenoiser):
+    """Also offers logits: end-of-span is the argmax, token 9 the best real alternative."""
+
+    returns_logits = True
+
+    def denoise_step(self, state, canvas_ids, canvas_positions, need_logits=False):
+        ids, prob, cprob = super().denoise_step(state, canvas_ids, canvas_positions)
+        if not need_logits:
+            return ids, prob, cprob
+        logits = np.full((1, len(self.target), 12), -5.0, dtype=np.float32)
+        logits[0, :, SPECIALS.end_of_span] = 3.0
+        logits[0, :, SPECIALS.mask] = 9.0  # never chosen: special
+        logits[0, :, 9] = 1.0
+        return ids, prob, cprob, logits
+
+
+def test_min_tokens_keeps_a_canvas_from_closing_empty():
+    settings = SamplerSettings(threshold=0.9, min_tokens=1)
+    empty = denoise(ScriptedDenoiser([2, 2, 2, 2], [0.99] * 4), one_hole(4), SPECIALS,
+                    dataclasses.replace(settings, min_tokens=0))
+    assert empty.canvases == [[]]
+    d = LogitsDenoiser([2, 2, 2, 2], [0.99] * 4)
+    result = denoise(d, one_hole(4), SPECIALS, settings)
+    assert result.canvases == [[9]]  # the best token that is not special, then the span ends
