@@ -13,6 +13,7 @@ diffusion forward process) happens per batch in `mask_canvas`.
 from __future__ import annotations
 
 import bisect
+import itertools
 import random
 from dataclasses import dataclass, field
 
@@ -57,6 +58,32 @@ class Example:
     holes: list[tuple[int, int]]  # (start, length) of each hole inside canvas_ids
     middle_lengths: list[int]  # real middle tokens per hole (before end-of-span padding)
     kinds: list[str] = field(default_factory=list)
+
+
+def node_spans(text: str, language: str, *, min_bytes: int = 1, max_bytes: int = 600,
+               kinds: tuple[str, ...] = NODE_KINDS_SUFFIX) -> list[tuple[int, int]]:
+    """Character spans of the named syntax nodes a server hole can be (node types ending in
+    one of `kinds`: statements, blocks, argument lists, ...) of `min_bytes`..`max_bytes`;
+    [] without a grammar."""
+    syntax = syntax_for(language)
+    if syntax is None:
+        return []
+    data = text.encode("utf-8")
+    nodes, stack = [], [syntax.parser().parse(data).root_node]
+    while stack:
+        node = stack.pop()
+        stack.extend(node.named_children)
+        if (node.is_named and min_bytes <= node.end_byte - node.start_byte <= max_bytes
+                and node.type.endswith(kinds)):
+            nodes.append(node)
+    if len(data) == len(text):  # ASCII: bytes are characters
+        return [(n.start_byte, n.end_byte) for n in nodes]
+    byte_at = list(itertools.accumulate((len(c.encode("utf-8")) for c in text), initial=0))
+
+    def chars(byte: int) -> int:
+        return bisect.bisect_left(byte_at, byte)
+
+    return [(chars(n.start_byte), chars(n.end_byte)) for n in nodes]
 
 
 class ExampleMaker:
@@ -130,23 +157,9 @@ class ExampleMaker:
         return start, end
 
     def _node_span(self, rng, chunk, language, lo, hi):
-        syntax = syntax_for(language)
-        if syntax is None:
-            return None
-        data = chunk.encode("utf-8")
-        tree = syntax.parser().parse(data)
-        candidates = []
-        stack = [tree.root_node]
-        while stack:
-            node = stack.pop()
-            stack.extend(node.named_children)
-            if node.is_named and node.end_byte - node.start_byte <= 600 and (
-                    node.type.endswith(NODE_KINDS_SUFFIX)):
-                candidates.append(node)
-        rng.shuffle(candidates)
-        for node in candidates[:20]:
-            start = len(data[: node.start_byte].decode("utf-8", "ignore"))
-            end = len(data[: node.end_byte].decode("utf-8", "ignore"))
+        spans = node_spans(chunk, language, max_bytes=600)
+        rng.shuffle(spans)
+        for start, end in spans[:20]:
             if lo <= start < end <= hi:
                 return start, end
         return None

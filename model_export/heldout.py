@@ -23,8 +23,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from dlm_lsp.languages import syntax_for
 from dlm_lsp.stats import write_jsonl
+
+from .data import node_spans
 
 KINDS = ("single-line", "multi-line", "random-span", "syntax-node")
 COMMENT_STARTS = ("#", "//", "/*", "*")
@@ -96,25 +97,8 @@ def pick_hole(rng: random.Random, text: str, language: str, kind: str,
 
 def _node_span(rng: random.Random, text: str, language: str,
                max_middle: int) -> tuple[int, int] | None:
-    syntax = syntax_for(language)
-    if syntax is None:
-        return None
-    data = text.encode("utf-8")
-    tree = syntax.parser().parse(data)
-    candidates = []
-    stack = [tree.root_node]
-    while stack:
-        node = stack.pop()
-        stack.extend(node.named_children)
-        size = node.end_byte - node.start_byte
-        if node.is_named and 8 <= size <= max_middle and node.type.endswith(NODE_SUFFIXES):
-            candidates.append(node)
-    if not candidates:
-        return None
-    node = rng.choice(candidates)
-    start = len(data[: node.start_byte].decode("utf-8", "ignore"))
-    end = len(data[: node.end_byte].decode("utf-8", "ignore"))
-    return start, end
+    spans = node_spans(text, language, min_bytes=8, max_bytes=max_middle, kinds=NODE_SUFFIXES)
+    return rng.choice(spans) if spans else None
 
 
 def heldout_tasks(records: Iterable[dict[str, Any]], *, per_kind: int, seed: int = 0,
