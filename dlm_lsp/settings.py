@@ -116,6 +116,8 @@ def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, li
         if name not in fields:
             problems.append(f"unknown setting {key!r} ignored")
             continue
+        if name == "model_dir" and value in (None, ""):
+            continue  # "the default model": the one the server was started with
         try:
             changes[name] = _check(name, value)
         except ValueError as exc:

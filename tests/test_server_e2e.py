@@ -17,8 +17,15 @@ from pytest_lsp import ClientServerConfig, LanguageClient
 URI = "file:///work/example.py"
 
 
-# DLM_TEST_MODEL points the suite at another model directory (e.g. a freshly exported one).
-SERVER = [sys.executable, "-m", "dlm_lsp", "--log-level", "info"] + (
+from tests.reliability.synthetic_model import build_synthetic_model  # noqa: E402
+
+# These tests check the server, not the model: a synthetic model that always fills a canvas
+# with BLOCK makes every answer checkable. The shipped model is driven at the end of the file.
+BLOCK = "total = sum(xs)\n    return total"
+SYNTHETIC = build_synthetic_model(Path(tempfile.mkdtemp(prefix="dlm-e2e-")), answer=BLOCK)
+SERVER = [sys.executable, "-m", "dlm_lsp", "--log-level", "info", "--model", str(SYNTHETIC)]
+# DLM_TEST_MODEL points the shipped-model tests at another model directory.
+SHIPPED = [sys.executable, "-m", "dlm_lsp", "--log-level", "info"] + (
     ["--model", os.environ["DLM_TEST_MODEL"]] if os.environ.get("DLM_TEST_MODEL") else [])
 
 
@@ -64,11 +71,11 @@ async def test_inline_block_completion_after_def(client: LanguageClient):
     assert isinstance(result, types.InlineCompletionList)
     assert len(result.items) == 1
     item = result.items[0]
-    assert item.insert_text.strip(), "a non-empty completion"
+    assert item.insert_text == BLOCK  # multi-line, and kept whole by the block's stop rules
     assert item.range.start == types.Position(1, 4) and item.range.end == types.Position(1, 4)
     status = await client.protocol.send_request_async("dlm/status", {})
     assert status.lastScope == "block" and status.lastSteps >= 1
-    assert status.provider == "CPU"
+    assert status.provider == "CPU" and status.lastTokens > 5
 
 
 async def test_completion_request_gives_a_text_edit(client: LanguageClient):
@@ -91,6 +98,9 @@ async def test_fill_two_holes_in_one_call(client: LanguageClient):
     for edit in edits:
         # each edit replaces exactly its marker
         assert edit.range.start.character == 4 and edit.range.end.character == 4 + len("<|hole|>")
+    # the synthetic model answers at the start of the (concatenated) canvas: the first hole
+    # gets BLOCK, the second closes at once; the one pass still answers both holes
+    assert edits[0].newText == BLOCK and edits[1].newText == ""
     explicit = await client.protocol.send_request_async("dlm/fill", {
         "textDocument": {"uri": URI},
         "holes": [{"start": pos(1, 4), "end": pos(1, 12)}, {"start": pos(5, 4), "end": pos(5, 12)}],
@@ -157,14 +167,11 @@ async def test_hostile_input_gets_answers_and_the_server_lives(client: LanguageC
     assert isinstance(result, types.InlineCompletionList) and result.items
 
 
-from tests.reliability.synthetic_model import build_synthetic_model  # noqa: E402
-
-# The synthetic model always answers "pass": position tests then never depend on model quality.
-SYNTHETIC = build_synthetic_model(Path(tempfile.mkdtemp(prefix="dlm-e2e-synthetic-")))
+PASS_MODEL = build_synthetic_model(Path(tempfile.mkdtemp(prefix="dlm-e2e-pass-")))
 
 
 @pytest_lsp.fixture(config=ClientServerConfig(
-    server_command=[sys.executable, "-m", "dlm_lsp", "--model", str(SYNTHETIC)]))
+    server_command=[sys.executable, "-m", "dlm_lsp", "--model", str(PASS_MODEL)]))
 async def utf8_client(lsp_client: LanguageClient):
     lsp_client.init_result = await lsp_client.initialize_session(types.InitializeParams(
         capabilities=types.ClientCapabilities(general=types.GeneralClientCapabilities(
@@ -187,3 +194,27 @@ async def test_negotiated_utf8_positions_count_bytes(utf8_client: LanguageClient
     debug = await utf8_client.protocol.send_request_async(
         "dlm/debugDocument", {"textDocument": {"uri": URI}})
     assert debug.text == line
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=SHIPPED))
+async def shipped_client(lsp_client: LanguageClient):
+    await lsp_client.initialize_session(types.InitializeParams(
+        capabilities=types.ClientCapabilities()))
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def test_the_shipped_model_serves_out_of_the_box(shipped_client: LanguageClient):
+    open_doc(shipped_client, "def f(xs):\n    ")
+    result = await shipped_client.text_document_inline_completion_async(inline_params(1, 4))
+    assert isinstance(result, types.InlineCompletionList)
+    for item in result.items:
+        assert item.insert_text and item.range.start == types.Position(1, 4)
+    status = await shipped_client.protocol.send_request_async("dlm/status", {})
+    assert status.error is None and status.model.startswith("dlm-lsp-default")
+    assert status.lastScope == "block" and 1 <= status.lastSteps <= 32
+    open_doc(shipped_client, "def add(a, b):\n    <|hole|>\n\ndef mul(a, b):\n    <|hole|>\n",
+             uri="file:///fill.py")
+    fill = await shipped_client.protocol.send_request_async(
+        "dlm/fill", {"textDocument": {"uri": "file:///fill.py"}})
+    assert [e.range.start.line for e in fill.edits] == [1, 4]

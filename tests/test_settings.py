@@ -34,3 +34,8 @@ def test_round_trip_to_wire():
 def test_disable_all():
     settings, _ = parse_settings({"enable": False})
     assert not settings.language_enabled("python")
+
+
+def test_null_model_dir_keeps_the_model_the_server_started_with():
+    settings, problems = parse_settings({"modelDir": None}, Settings(model_dir="/models/x"))
+    assert problems == [] and settings.model_dir == "/models/x"

@@ -73,7 +73,7 @@ class ContextState:
 class OnnxDenoiser:
     """Encoder + decoder sessions for one model directory."""
 
-    returns_logits = True  # denoise_step(..., need_logits=True) adds the (B, C, V) logits
+    returns_logits = False  # True when the decoder has the optional `logits` output
 
     def __init__(self, card: ModelCard, device: str = "auto", threads: int = 0) -> None:
         ort = _import_ort()
@@ -100,6 +100,7 @@ class OnnxDenoiser:
             self._open(card.graphs_for("cpu"), ["CPUExecutionProvider"], threads)
         self._device = "cuda" if self.provider == "CUDA" else "cpu"
         self._check_signatures()
+        self.returns_logits = "logits" in {o.name for o in self.decoder.get_outputs()}
         log.info(
             "model %s %s on %s (%s)", card.name, card.version, self.provider, self.graphs.encoder
         )

@@ -136,8 +136,9 @@ def _decoder(answer_ids: list[int], eos: int, work: int):
         [ints("pred_ids", ["B", "C"]), floats("pred_prob"), floats("canvas_prob")], inits)
 
 
-def build_synthetic_model(directory: str | Path, *, work: int = 0) -> Path:
-    """Write a synthetic model directory (replacing `directory`) and return its path."""
+def build_synthetic_model(directory: str | Path, *, work: int = 0, answer: str = ANSWER) -> Path:
+    """Write a synthetic model directory (replacing `directory`) and return its path; its
+    every canvas decodes to `answer`."""
     import onnx
     from onnx import helper
 
@@ -149,10 +150,10 @@ def build_synthetic_model(directory: str | Path, *, work: int = 0) -> Path:
     specials = {name: tokenizer.token_to_id(token) for name, token in
                 zip(("pad", "mask", "end_of_span", "file"), SPECIAL_TOKENS)}
     vocab = tokenizer.get_vocab_size()
-    answer = tokenizer.encode(ANSWER, add_special_tokens=False).ids
+    answer_ids = tokenizer.encode(answer, add_special_tokens=False).ids
     opset = [helper.make_opsetid("", 18)]
     for name, graph in (("encoder.onnx", _encoder(vocab)),
-                        ("decoder.onnx", _decoder(answer, specials["end_of_span"], work))):
+                        ("decoder.onnx", _decoder(answer_ids, specials["end_of_span"], work))):
         model = helper.make_model(graph, opset_imports=opset, producer_name="dlm-lsp tests")
         model.ir_version = 8
         onnx.checker.check_model(model)
