@@ -11,7 +11,7 @@ It is `dlm_lsp.server.create_server` unchanged, with:
 * ``reliability/document`` ``{"uri"}`` → ``{"version", "text", "sexp"}``: the server's view of a
   buffer, its tree as an S-expression (None when it keeps no tree), to check for drift;
 * ``--fault-marker TEXT``: a completion whose document contains TEXT raises from the denoiser on
-  its second denoise step (a fault in the middle of a request).
+  its first denoise step (a fault in the middle of a request).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from dlm_lsp.settings import Settings  # noqa: E402
 
 
 class FaultyDenoiser:
-    """Delegates to a real denoiser; raises on the 2nd step while `armed.on` is set."""
+    """Delegates to a real denoiser; raises on the 1st denoise step (after the encoder ran)
+    while `armed.on` is set."""
 
     def __init__(self, inner) -> None:
         self.inner = inner
@@ -49,8 +50,8 @@ class FaultyDenoiser:
 
     def denoise_step(self, state, canvas_ids, canvas_positions):
         self.steps += 1
-        if getattr(self.armed, "on", False) and self.steps == 2:
-            raise RuntimeError("injected denoiser fault on step 2")
+        if getattr(self.armed, "on", False) and self.steps == 1:
+            raise RuntimeError("injected denoiser fault on step 1")
         return self.inner.denoise_step(state, canvas_ids, canvas_positions)
 
 
