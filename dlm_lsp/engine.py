@@ -8,6 +8,7 @@ both be slow), and a waiting request that became stale gives up before it starts
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -192,8 +193,13 @@ class Engine:
         tree: object | None = None,
         syntax: Syntax | None = None,
         cancelled: Check = _never,
+        canvas_lengths: list[int] | None = None,
     ) -> FillResult:
-        """Fill (or re-write) every range of `text` in one parallel pass."""
+        """Fill (or re-write) every range of `text` in one parallel pass.
+
+        `canvas_lengths` (one per range, in document order) overrides the planner's buckets:
+        evaluation uses it to give the model the true middle's length (an "oracle" length).
+        """
         started = time.perf_counter()
         if not ranges:
             return FillResult([], elapsed_s=0.0)
@@ -207,6 +213,12 @@ class Engine:
             count_tokens=self.count_tokens,
             language_id=language_id,
         )
+        if canvas_lengths is not None:
+            if len(canvas_lengths) != len(plan.holes):
+                raise PlanError(f"{len(canvas_lengths)} canvas lengths for {len(plan.holes)} holes")
+            plan = dataclasses.replace(plan, holes=[
+                dataclasses.replace(h, canvas_length=int(n))
+                for h, n in zip(plan.holes, canvas_lengths)])
         result = self._run(plan, text, syntax, cancelled)
         for hole, completion in zip(plan.holes, result.completions):
             if completion is None:
