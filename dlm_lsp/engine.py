@@ -308,10 +308,10 @@ class Engine:
         )
 
     def with_settings(self, settings: Settings) -> "Engine":
-        """This engine under new settings, reusing the loaded model when it is the same."""
-        same_model = (settings.model_dir or None) == (self.settings.model_dir or None) and (
-            settings.device, settings.threads) == (self.settings.device, self.settings.threads)
-        if not same_model:
+        """This engine under other settings; the loaded model is reused unless the settings
+        name another model directory, device or thread count."""
+        if (settings.model_dir, settings.device, settings.threads) != (
+                self.settings.model_dir, self.settings.device, self.settings.threads):
             return Engine(settings=settings)
         self.settings = settings
         return self
