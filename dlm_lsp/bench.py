@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .languages import language_id_for_path
+from .server import plain
 from .stats import format_table, mean, progress, ratio, summarize
 
 log = logging.getLogger(__name__)
@@ -277,17 +278,6 @@ def exact_match(sample: Sample, start: int, end: int, insert: str) -> bool:
 # -- the server -------------------------------------------------------------------------------
 
 
-def _plain(value: Any) -> Any:
-    """pygls returns custom-method results as namedtuple-like objects; make them dicts."""
-    if hasattr(value, "_asdict"):
-        return {k: _plain(v) for k, v in value._asdict().items()}
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 @dataclass
 class Measurement:
     """One request as the client saw it and as the server reported it."""
@@ -378,7 +368,7 @@ class BenchServer:
         while True:
             raw = await asyncio.wait_for(
                 self.client.protocol.send_request_async("dlm/status", None), timeout=30)
-            status = _plain(raw)
+            status = plain(raw)
             if not wait_for_model or status.get("model") or status.get("error"):
                 return status
             if time.monotonic() > deadline:

@@ -46,14 +46,14 @@ class InvalidParams(JsonRpcException):
     CODE = -32602
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """pygls hands custom-method params over as namedtuples; turn them back into dicts."""
     if hasattr(value, "_asdict"):
-        return {k: _plain(v) for k, v in value._asdict().items()}
+        return {k: plain(v) for k, v in value._asdict().items()}
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
@@ -358,7 +358,7 @@ def create_server(settings: Settings | None = None, engine: Engine | None = None
     async def fill(ls: DlmServer, raw: Any) -> dict[str, Any]:
         """dlm/fill: every hole (or re-write range) of a document in one parallel pass."""
         started = time.perf_counter()
-        raw = _plain(raw)
+        raw = plain(raw)
         if isinstance(raw, list) and len(raw) == 1:
             raw = raw[0]  # executeCommand arguments: [params]
         try:
@@ -411,7 +411,7 @@ def create_server(settings: Settings | None = None, engine: Engine | None = None
     @server.feature(DEBUG_DOCUMENT_METHOD)
     def debug_document(ls: DlmServer, params: Any) -> dict[str, Any]:
         """The server's view of a document, for drift tests: version, text, syntax tree."""
-        raw = _plain(params)
+        raw = plain(params)
         try:
             uri = raw["textDocument"]["uri"]
         except (KeyError, TypeError):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,19 +13,15 @@ from dlm_lsp.bench import (
     KINDS, cut_sample, exact_match, sample_positions, utf16_offset, utf16_position,
 )
 
+from tests.reliability.synthetic_model import build_synthetic_model  # noqa: E402
+
 DATA = Path(__file__).parent / "data"
 SAMPLE_FILE = DATA / "bench_sample.py"
 
 
 def synthetic_model(directory: Path) -> Path:
     """The reliability tests' tiny deterministic model (fast answers, real ONNX runtime)."""
-    source = Path(__file__).parent / "reliability" / "synthetic_model.py"
-    if not source.exists():
-        pytest.skip("tests/reliability/synthetic_model.py is not in this checkout")
-    spec = importlib.util.spec_from_file_location("_measure_synthetic_model", source)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return Path(module.build_synthetic_model(directory))
+    return build_synthetic_model(directory)
 
 
 def test_utf16_positions_round_trip_with_emoji_and_cjk():

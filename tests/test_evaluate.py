@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,18 +13,15 @@ from dlm_lsp.evaluate import (
 )
 from dlm_lsp.sandbox import SandboxLimits
 
+from tests.reliability.synthetic_model import build_synthetic_model  # noqa: E402
+
 DATA = Path(__file__).parent / "data"
 LIMITS = SandboxLimits(timeout_s=5.0, cpu_s=5, memory_mb=512)
 
 
 def synthetic_model(directory: Path) -> Path:
-    source = Path(__file__).parent / "reliability" / "synthetic_model.py"
-    if not source.exists():
-        pytest.skip("tests/reliability/synthetic_model.py is not in this checkout")
-    spec = importlib.util.spec_from_file_location("_measure_synthetic_model", source)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return Path(module.build_synthetic_model(directory))
+    """The reliability tests' tiny deterministic model (fast answers, real ONNX runtime)."""
+    return build_synthetic_model(directory)
 
 
 def test_reads_humaneval_infilling_and_fim_gz():
