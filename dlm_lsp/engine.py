@@ -310,8 +310,7 @@ class Engine:
     def with_settings(self, settings: Settings) -> "Engine":
         """This engine under other settings; the loaded model is reused unless the settings
         name another model directory, device or thread count."""
-        if (settings.model_dir, settings.device, settings.threads) != (
-                self.settings.model_dir, self.settings.device, self.settings.threads):
+        if settings.model_key() != self.settings.model_key():
             return Engine(settings=settings)
         self.settings = settings
         return self

@@ -174,8 +174,7 @@ class DlmServer(LanguageServer):
             self.show("dlm-lsp settings: " + "; ".join(problems), types.MessageType.Warning)
         logging.getLogger("dlm_lsp").setLevel(settings.log_level.upper())
         with self._engine_lock:
-            model_changed = (settings.model_dir, settings.device, settings.threads) != (
-                self.settings.model_dir, self.settings.device, self.settings.threads)
+            model_changed = settings.model_key() != self.settings.model_key()
             self.settings = settings
             if model_changed:
                 self._engine, self._engine_error = None, None
@@ -208,7 +207,8 @@ class DlmServer(LanguageServer):
         not one per key. Raises asyncio.CancelledError when the client cancelled (pygls answers
         RequestCancelled) and Cancelled when a newer request superseded this one.
         """
-        engine = await asyncio.to_thread(self.engine)
+        # loaded already (every request but the first): no thread hop on the typing path
+        engine = self._engine or await asyncio.to_thread(self.engine)
         if engine is None:
             raise Cancelled
         stop = threading.Event()

@@ -38,6 +38,10 @@ class Settings:
     max_document_bytes: int = 8_000_000  # larger buffers are tracked but get no completions
     log_level: str = "info"
 
+    def model_key(self) -> tuple:
+        """What decides which model is loaded and how: a change here means a reload."""
+        return self.model_dir, self.device, self.threads
+
     def language_enabled(self, language_id: str) -> bool:
         """Whether completions are on for this language."""
         return self.enable and self.languages.get(language_id, True)
