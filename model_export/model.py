@@ -1,16 +1,27 @@
-"""A bidirectional transformer denoiser for masked-diffusion infilling.
+"""A transformer denoiser for masked-diffusion infilling.
 
 One set of weights, three ways to run it:
 
 * `Denoiser.forward(ids, positions, real, is_canvas)` — one pass over ``[context; canvas]`` with
   the *block* attention mask: a context token attends to context tokens only; a canvas token
-  attends to the context and to every canvas token. This is what training uses.
+  attends to the context and to every canvas token. This is what training uses
+  (`forward_masked` takes any mask: block-diffusion training builds its own).
 * `Denoiser.encode(context)` → per-layer post-RoPE keys and values of the context. Because the
   context never looks at the canvas, these do not depend on it: compute them once per request.
 * `Denoiser.denoise(canvas, keys, values)` → logits for every canvas position. Each step runs
   only the canvas tokens against the cached context keys/values.
 
-`encode` + `denoise` equal `forward` exactly (up to float rounding); tests/model_export proves it.
+How the context attends to itself is the model's `context_attention`:
+
+* ``"bidirectional"`` (model format 1): every context token sees every other one, so one typed
+  character changes every context key.
+* ``"causal"`` (format 2): a context token sees itself and the context tokens before it in text
+  order, as in an autoregressive LM and as block diffusion (BD3-LM, Fast-dLLM v2) treats finished
+  blocks. The keys/values of an unchanged head of the context stay exact, so `encode` can extend
+  an encoded context with new tokens (`past_keys`/`past_values`) instead of starting over.
+
+`encode` + `denoise` equal `forward` exactly (up to float rounding), and encoding a causal context
+in pieces equals encoding it at once; tests/model_export proves both.
 Architecture: RoPE, RMSNorm (pre-norm), a SwiGLU gated MLP, tied input/output embeddings.
 """
 
@@ -24,6 +35,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+CONTEXT_ATTENTION = ("causal", "bidirectional")
+
+
 @dataclass
 class DenoiserConfig:
     vocab_size: int = 8192  # tokenizer vocabulary, special tokens included
@@ -34,6 +48,15 @@ class DenoiserConfig:
     max_position: int = 1024  # position ids must stay below this (RoPE works beyond, untrained)
     rope_base: float = 10000.0  # RoPE frequency base
     norm_eps: float = 1e-5  # RMSNorm epsilon
+    context_attention: str = "causal"  # "causal" (format 2) or "bidirectional" (format 1)
+
+    def __post_init__(self):
+        if self.context_attention not in CONTEXT_ATTENTION:
+            raise ValueError(f"context_attention must be one of {CONTEXT_ATTENTION}")
+
+    @property
+    def causal(self) -> bool:
+        return self.context_attention == "causal"
 
     @property
     def d_model(self) -> int:
@@ -41,6 +64,11 @@ class DenoiserConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "DenoiserConfig":
+        """A config from a checkpoint; checkpoints from before format 2 were bidirectional."""
+        return cls(**{"context_attention": "bidirectional", **fields})
 
 
 class RMSNorm(nn.Module):
@@ -95,11 +123,15 @@ class Attention(nn.Module):
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def attend(self, q, k, v, allowed):
-        """Attention of q (B,H,Tq,D) over k/v (B,H,Tk,D); allowed: bool (B,1|Tq,Tk)."""
-        scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))  # (B,H,Tq,Tk)
-        scores = scores.masked_fill(~allowed[:, None], float("-inf"))
-        weights = torch.softmax(scores.float(), dim=-1).type_as(q)
-        out = weights @ v  # (B, H, Tq, D)
+        """Attention of q (B,H,Tq,D) over k/v (B,H,Tk,D); allowed: bool (B,1|Tq,Tk).
+
+        Every query row must allow at least one key (a row of nothing is NaN): the mask
+        builders let each token see itself.
+        """
+        if allowed.shape[1] == 1:  # one row for every query: let the kernel broadcast it
+            allowed = allowed.expand(-1, q.shape[2], -1)
+        # the fused kernel (flash / memory-efficient) is exact under any boolean mask
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])  # (B,H,Tq,D)
         B, H, T, D = out.shape
         return self.proj(out.transpose(1, 2).reshape(B, T, H * D))  # (B, Tq, d_model)
 
@@ -163,24 +195,50 @@ class Denoiser(nn.Module):
         Returns logits (B, T, V), or only of tokens from `n_context` on when it is given (the
         canvas, when the batch is laid out as [context; canvas]).
         """
-        # query i may see key j iff j is a real token and (i is canvas or j is context)
-        allowed = real[:, None, :] & (is_canvas[:, :, None] | ~is_canvas[:, None, :])  # (B,T,T)
+        allowed = block_mask(real, is_canvas, self.cfg.causal)  # (B, T, T)
+        x = self.hidden(ids, positions, allowed)
+        if n_context is not None:
+            x = x[:, n_context:]
+        return self.logits(x)
+
+    def hidden(self, ids, positions, allowed) -> torch.Tensor:
+        """Final hidden states (B, T, d) of one pass under an explicit mask `allowed` (B,T,T)."""
         x = self.embed(ids)  # (B, T, d)
         cos, sin = self.rotary(positions, x.dtype)
         for block in self.blocks:
             q, k, v = block.attn.project(block.attn_norm(x), cos, sin)
             x = block.finish(x, block.attn.attend(q, k, v, allowed))
-        if n_context is not None:
-            x = x[:, n_context:]
-        return self.logits(x)
+        return x
 
-    def encode(self, input_ids, position_ids, attention_mask):
+    def forward_masked(self, ids, positions, allowed, rows: torch.Tensor) -> torch.Tensor:
+        """Logits (N, V) of the rows selected by the bool `rows` (B, T) only, after one pass
+        under `allowed` (B, T, T). The output head over the vocabulary costs as much as the
+        body at small sizes: training runs it only where there is a loss."""
+        return self.logits(self.hidden(ids, positions, allowed)[rows])
+
+    def encode(self, input_ids, position_ids, attention_mask, past_keys=None, past_values=None,
+               past_mask=None):
         """Context → post-RoPE keys and values, each (L, B, H, S, D).
 
-        The last block's MLP is never needed (only its keys/values are), so it is skipped.
+        With `past_keys`/`past_values` (L, B, H, P, D) and `past_mask` (B, P) of a context
+        encoded before (causal models only), the S new tokens continue it: they attend to the
+        past and, causally, to each other; the result holds the new tokens' keys/values only,
+        to be appended to the past. The last block's MLP is never needed (only its
+        keys/values are), so it is skipped.
         """
         real = attention_mask.bool()  # (B, S)
-        allowed = real[:, None, :]  # (B, 1, S)
+        S = real.shape[1]
+        if self.cfg.causal:
+            order = torch.arange(S, device=real.device)
+            allowed = real[:, None, :] & (order[None, :] <= order[:, None])[None]  # (B, S, S)
+            allowed = allowed | torch.eye(S, dtype=torch.bool, device=real.device)[None]
+        else:
+            if past_keys is not None:
+                raise ValueError("a bidirectional context cannot be extended: encode it whole")
+            allowed = real[:, None, :]  # (B, 1, S)
+        if past_keys is not None:
+            past = past_mask.bool()[:, None, :].expand(-1, S, -1)  # (B, S, P)
+            allowed = torch.cat([past, allowed], dim=2)  # (B, S, P+S)
         x = self.embed(input_ids)  # (B, S, d)
         cos, sin = self.rotary(position_ids, x.dtype)
         keys, values = [], []
@@ -189,6 +247,9 @@ class Denoiser(nn.Module):
             keys.append(k)
             values.append(v)
             if index + 1 < len(self.blocks):
+                if past_keys is not None:
+                    k = torch.cat([past_keys[index], k], dim=2)  # (B, H, P+S, D)
+                    v = torch.cat([past_values[index], v], dim=2)
                 x = block.finish(x, block.attn.attend(q, k, v, allowed))
         return torch.stack(keys), torch.stack(values)  # (L, B, H, S, D)
 
@@ -211,5 +272,37 @@ class Denoiser(nn.Module):
         return self.logits(x)  # (B, C, V)
 
 
-def build_model(cfg: DenoiserConfig) -> Denoiser:
-    return Denoiser(cfg)
+def block_mask(real: torch.Tensor, is_canvas: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Who may attend to whom in one [context; canvas] pass: (B, T, T) bool, query × key.
+
+    Query i may see key j iff j is a real token and either i is canvas, or j is context and
+    (bidirectional, or j is not after i: a causal context is laid out in text order). Each
+    token always sees itself, so padding rows are never empty.
+    """
+    T = real.shape[1]
+    eye = torch.eye(T, dtype=torch.bool, device=real.device)[None]
+    context_key = ~is_canvas[:, None, :]  # (B, 1, T)
+    if causal:
+        context_key = context_key & torch.ones(T, T, dtype=torch.bool,
+                                               device=real.device).tril()[None]
+    return (real[:, None, :] & (is_canvas[:, :, None] | context_key)) | eye
+
+
+def block_diffusion_mask(real: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+    """BD3-LM's mask over ``[clean x; noisy x]`` (both (B, N), so the pass is (B, 2N, 2N)).
+
+    The clean half is a causal context. A noisy token of block b sees the clean tokens of
+    blocks before b (its prefix, as the server's context) and the noisy tokens of block b (its
+    canvas), never the clean copy of its own block. `block` (B, N) numbers the blocks in text
+    order; one pass trains every block of the sequence as a canvas against its prefix.
+    """
+    B, N = real.shape
+    order = torch.arange(N, device=real.device)
+    causal = (order[None, :] <= order[:, None])[None]  # (1, N, N)
+    clean_clean = real[:, None, :] & causal
+    noisy_clean = real[:, None, :] & (block[:, None, :] < block[:, :, None])
+    noisy_noisy = real[:, None, :] & (block[:, None, :] == block[:, :, None])
+    top = torch.cat([clean_clean, torch.zeros_like(clean_clean)], dim=2)
+    bottom = torch.cat([noisy_clean, noisy_noisy], dim=2)
+    eye = torch.eye(2 * N, dtype=torch.bool, device=real.device)[None]
+    return torch.cat([top, bottom], dim=1) | eye

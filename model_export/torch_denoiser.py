@@ -39,7 +39,7 @@ class TorchDenoiser:
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> TorchDenoiser:
         state = torch.load(path, map_location="cpu", weights_only=False)
-        model = Denoiser(DenoiserConfig(**state["config"]))
+        model = Denoiser(DenoiserConfig.from_dict(state["config"]))
         model.load_state_dict(state["model"])
         return cls(model, SpecialTokens(**state["specials"]))
 

@@ -342,7 +342,7 @@ def train(args) -> dict:
 def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Denoiser, dict]:
     """A trained model (eval mode) and its checkpoint dict."""
     state = torch.load(path, map_location=device, weights_only=False)
-    model = Denoiser(DenoiserConfig(**state["config"]))
+    model = Denoiser(DenoiserConfig.from_dict(state["config"]))
     model.load_state_dict(state["model"])
     model.eval()
     return model, state
