@@ -165,10 +165,14 @@ class ExampleMaker:
         return None
 
     # -- one example --------------------------------------------------------------------------
+    def pick_file(self, rng: random.Random) -> int:
+        """A file index, big files more often (by the square root of their size)."""
+        point = rng.random() * self.cumulative[-1]
+        return min(bisect.bisect_left(self.cumulative, point), len(self.texts) - 1)
+
     def make(self, rng: random.Random) -> Example:
         s = self.settings
-        point = rng.random() * self.cumulative[-1]
-        index = min(bisect.bisect_left(self.cumulative, point), len(self.texts) - 1)
+        index = self.pick_file(rng)
         text, language = self.texts[index], self.languages[index]
         anchor = rng.randrange(len(text))
         begin = max(0, anchor - s.chunk_chars * 2 // 3)
@@ -240,6 +244,70 @@ class ExampleMaker:
 
 
 @dataclass
+class BlockExample:
+    """A run of a file for block-diffusion training (BD3-LM): the file token, then `ids`, cut
+    into blocks; each block is a canvas whose context is everything before it."""
+
+    ids: list[int]  # file token first, then the text's tokens
+    positions: list[int]
+    blocks: list[int]  # block number per token, in text order; -1 for the file token
+
+
+def make_block_example(maker: "ExampleMaker", rng: random.Random, tokens: int,
+                       block_sizes: tuple[int, ...]) -> BlockExample:
+    """`tokens` tokens of a file from a line start (fewer at the end of a short file), in
+    blocks of sizes drawn from `block_sizes` — the server's canvas lengths."""
+    index = maker.pick_file(rng)
+    text = maker.texts[index]
+    start = rng.randrange(len(text))
+    start = text.rfind("\n", 0, start) + 1 if start else 0
+    ids = maker.encode(text[start: start + tokens * 6])[:tokens]  # ~3.4 bytes/token
+    blocks, number = [], 0
+    while len(blocks) < len(ids):
+        blocks.extend([number] * rng.choice(block_sizes))
+        number += 1
+    return BlockExample([maker.specials.file] + ids, list(range(len(ids) + 1)),
+                        [-1] + blocks[: len(ids)])
+
+
+@dataclass
+class BlockBatch:
+    """Right-padded block examples: (B, N) each."""
+
+    ids: torch.Tensor  # int64, pad-filled
+    positions: torch.Tensor
+    real: torch.Tensor  # bool
+    blocks: torch.Tensor  # int64; padding gets a block of its own after every real one
+
+    def to(self, device) -> "BlockBatch":
+        return BlockBatch(*(t.to(device, non_blocking=True) for t in vars(self).values()))
+
+    @property
+    def tokens(self) -> int:
+        """Real tokens computed: the clean copy and the noisy copy."""
+        return 2 * int(self.real.sum())
+
+    @property
+    def pad_share(self) -> float:
+        return 1.0 - int(self.real.sum()) / max(1, self.real.numel())
+
+
+def collate_blocks(examples: list[BlockExample], pad_id: int) -> BlockBatch:
+    B, N = len(examples), max(len(e.ids) for e in examples)
+    ids = torch.full((B, N), pad_id, dtype=torch.long)
+    positions = torch.zeros((B, N), dtype=torch.long)
+    real = torch.zeros((B, N), dtype=torch.bool)
+    blocks = torch.full((B, N), N + 1, dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.ids)
+        ids[i, :n] = torch.tensor(e.ids)
+        positions[i, :n] = torch.tensor(e.positions)
+        real[i, :n] = True
+        blocks[i, :n] = torch.tensor(e.blocks)
+    return BlockBatch(ids, positions, real, blocks)
+
+
+@dataclass
 class Batch:
     """Padded tensors of a list of examples (canvas still clean)."""
 
@@ -256,6 +324,11 @@ class Batch:
     @property
     def tokens(self) -> int:
         return int(self.context_mask.sum() + self.canvas_mask.sum())
+
+    @property
+    def pad_share(self) -> float:
+        total = self.context_mask.numel() + self.canvas_mask.numel()
+        return 1.0 - self.tokens / max(1, total)
 
 
 def collate(examples: list[Example], pad_id: int) -> Batch:
@@ -281,16 +354,45 @@ def collate(examples: list[Example], pad_id: int) -> Batch:
 
 
 def mask_canvas(canvas_ids: torch.Tensor, canvas_mask: torch.Tensor, mask_id: int,
-                eps: float = 1e-3, generator: torch.Generator | None = None):
+                eps: float = 1e-3, generator: torch.Generator | None = None,
+                t: torch.Tensor | None = None):
     """MDLM/LLaDA forward process: mask each real canvas token with probability t ~ U(eps, 1).
 
-    Returns (noisy ids, masked (B,C) bool, t (B,)). Context is never masked.
+    `t` (B,) or (B, C) may be given (fixed-noise evaluation, one t per block). Returns (noisy
+    ids, masked (B,C) bool, t (B,) or (B, C)). Context is never masked.
     """
     B, C = canvas_ids.shape
-    t = eps + (1 - eps) * torch.rand(B, generator=generator, device=canvas_ids.device)  # (B,)
+    if t is None:
+        t = eps + (1 - eps) * torch.rand(B, generator=generator, device=canvas_ids.device)  # (B,)
     draw = torch.rand(B, C, generator=generator, device=canvas_ids.device)
-    masked = (draw < t[:, None]) & canvas_mask  # (B, C)
+    masked = (draw < (t[:, None] if t.dim() == 1 else t)) & canvas_mask  # (B, C)
     return torch.where(masked, torch.full_like(canvas_ids, mask_id), canvas_ids), masked, t
+
+
+def edit_noise(noisy: torch.Tensor, masked: torch.Tensor, canvas_mask: torch.Tensor,
+               rate: float, share: float, low: int, high: int,
+               generator: torch.Generator | None = None):
+    """Edit-based corruption (Seed Diffusion): in a `rate` of the rows, replace a `share` of the
+    tokens left visible by random tokens from [low, high). Without it the model never learns
+    that a committed token can be wrong, so re-masking and editing a selection cannot work.
+
+    Returns (noisy ids, edited (B, C) bool); the loss covers edited positions too.
+    """
+    B, C = noisy.shape
+    rows = torch.rand(B, 1, generator=generator, device=noisy.device) < rate
+    pick = torch.rand(B, C, generator=generator, device=noisy.device) < share
+    edited = rows & pick & canvas_mask & ~masked
+    random_ids = torch.randint(low, high, (B, C), generator=generator, device=noisy.device)
+    return torch.where(edited, random_ids, noisy), edited
+
+
+def block_noise_level(blocks: torch.Tensor, real: torch.Tensor, eps: float = 1e-3,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """One t ~ U(eps, 1) per block of each row, spread over its tokens: (B, N)."""
+    B, N = blocks.shape
+    per_block = eps + (1 - eps) * torch.rand(B, N + 2, generator=generator,
+                                             device=blocks.device)
+    return per_block.gather(1, blocks.clamp(min=0))
 
 
 def diffusion_loss(logits: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor,
@@ -308,3 +410,14 @@ def batch_tokens_masked_ce(logits, targets, masked) -> tuple[float, int]:
     ce = torch.nn.functional.cross_entropy(logits.float()[masked], targets[masked],
                                            reduction="sum")
     return float(ce), int(masked.sum())
+
+
+def row_loss(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor,
+             weights: torch.Tensor, per_row: torch.Tensor) -> torch.Tensor:
+    """`diffusion_loss` when the output head ran only on `rows` (B, T) bool: `logits` (N, V)
+    are those rows' logits in row-major order. Each row's weighted cross-entropy (weights
+    (B, T), e.g. 1/t) is summed and divided by `per_row` (B,), its real canvas tokens."""
+    ce = torch.nn.functional.cross_entropy(logits.float(), targets[rows], reduction="none")
+    full = torch.zeros(rows.shape, dtype=ce.dtype, device=ce.device)
+    full[rows] = ce * weights[rows]
+    return (full.sum(1) / per_row.clamp(min=1)).mean()

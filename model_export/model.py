@@ -189,14 +189,21 @@ class Denoiser(nn.Module):
         """Tied output head: (B, T, d_model) → (B, T, V)."""
         return self.norm(h) @ self.embed.weight.t()
 
-    def forward(self, ids, positions, real, is_canvas, n_context: int | None = None):
+    def forward(self, ids, positions, real=None, is_canvas=None, n_context: int | None = None,
+                *, allowed=None, rows=None):
         """One pass with the block mask. ids/positions (B,T) int64; real, is_canvas (B,T) bool.
 
         Returns logits (B, T, V), or only of tokens from `n_context` on when it is given (the
-        canvas, when the batch is laid out as [context; canvas]).
+        canvas, when the batch is laid out as [context; canvas]). Training passes its own mask
+        `allowed` (B, T, T) and the bool `rows` (B, T) that carry loss, and gets their logits
+        (N, V) only: the output head over the vocabulary costs as much as the body at small
+        sizes. (Through `forward`, so that DDP sees the call.)
         """
-        allowed = block_mask(real, is_canvas, self.cfg.causal)  # (B, T, T)
+        if allowed is None:
+            allowed = block_mask(real, is_canvas, self.cfg.causal)  # (B, T, T)
         x = self.hidden(ids, positions, allowed)
+        if rows is not None:
+            return self.logits(x[rows])  # (N, V)
         if n_context is not None:
             x = x[:, n_context:]
         return self.logits(x)
@@ -209,12 +216,6 @@ class Denoiser(nn.Module):
             q, k, v = block.attn.project(block.attn_norm(x), cos, sin)
             x = block.finish(x, block.attn.attend(q, k, v, allowed))
         return x
-
-    def forward_masked(self, ids, positions, allowed, rows: torch.Tensor) -> torch.Tensor:
-        """Logits (N, V) of the rows selected by the bool `rows` (B, T) only, after one pass
-        under `allowed` (B, T, T). The output head over the vocabulary costs as much as the
-        body at small sizes: training runs it only where there is a loss."""
-        return self.logits(self.hidden(ids, positions, allowed)[rows])
 
     def encode(self, input_ids, position_ids, attention_mask, past_keys=None, past_values=None,
                past_mask=None):

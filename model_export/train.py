@@ -4,8 +4,13 @@
     torchrun --nproc_per_node 8 -m model_export train ...      # same code, DDP
 
 AdamW with linear warmup and cosine decay (the schedule follows whichever of --max-steps and
---max-minutes is further along), bf16 autocast on CUDA, checkpoints (`last.pt`, resumed when
-present), periodic validation loss and validation infill exact-match, `log.jsonl`, `loss.png`.
+--max-minutes is further along), bf16 autocast on CUDA and on CPUs with bf16 instructions,
+batches made ahead in worker processes (`stream.py`: infill batches grouped by length, and
+block-diffusion batches), the output head only on positions that carry loss, checkpoints
+(`last.pt`, resumed when present), periodic validation (masked CE, `content_ce` on real code
+tokens at fixed noise with and without the context, infill exact-match), `log.jsonl`,
+`loss.png` and `summary.json` with `real_tokens_per_s`, `loss_tokens_per_s`, `pad_share` and
+`data_wait_share`.
 """
 
 from __future__ import annotations
@@ -26,10 +31,11 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .corpus import corpus_stats, read_corpus
-from .data import (Batch, ExampleMaker, ExampleSettings, batch_tokens_masked_ce, collate,
-                   diffusion_loss, mask_canvas)
-from .model import Denoiser, DenoiserConfig
+from .data import (Batch, BlockBatch, ExampleMaker, ExampleSettings, batch_tokens_masked_ce,
+                   block_noise_level, collate, edit_noise, mask_canvas, row_loss)
+from .model import CONTEXT_ATTENTION, Denoiser, DenoiserConfig, block_diffusion_mask, block_mask
 from .sampling import exact_matches, infill
+from .stream import BatchStream, StreamPlan, batch_loader
 from .tokenizer import load_tokenizer, special_tokens
 
 
@@ -65,6 +71,22 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--device", default="", help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="auto: bf16 autocast on CUDA and on CPUs with AVX-512 BF16 / AMX")
+    p.add_argument("--workers", type=int, default=-1,
+                   help="processes making batches ahead (-1: one per spare core, at most 15)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    p.add_argument("--context-attention", default="causal", choices=CONTEXT_ATTENTION,
+                   help="causal: model format 2, the server caches the context's keys/values")
+    p.add_argument("--block-rate", type=float, default=0.0,
+                   help="share of steps on block-diffusion batches (BD3-LM)")
+    p.add_argument("--block-batch-size", type=int, default=8, help="block examples per batch")
+    p.add_argument("--block-tokens", type=int, default=256, help="tokens per block example")
+    p.add_argument("--block-sizes", default="16,32,64", help="block (canvas) lengths")
+    p.add_argument("--edit-rate", type=float, default=0.0,
+                   help="share of examples with edit noise (visible tokens replaced)")
+    p.add_argument("--edit-share", type=float, default=0.1,
+                   help="in those, the share of visible canvas tokens replaced")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -100,6 +122,87 @@ def hardware(device: torch.device, world: int) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def use_bf16(device: torch.device, precision: str) -> bool:
+    """bf16 autocast: on CUDA, and on CPUs with bf16 instructions (about 2x fp32 there)."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return True
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def first_text_id(specials) -> int:
+    """The lowest id a random (edit-noise) token may take: above every special token."""
+    return max(vars(specials).values()) + 1
+
+
+def infill_pass(model, batch: Batch, noisy: torch.Tensor, rows: torch.Tensor, causal: bool):
+    """Logits (N, V) of the canvas rows `rows` (B, C) from one block-masked pass over
+    [context; canvas]."""
+    ids = torch.cat([batch.context_ids, noisy], 1)  # (B, S+C)
+    positions = torch.cat([batch.context_positions, batch.canvas_positions], 1)
+    real = torch.cat([batch.context_mask, batch.canvas_mask], 1)
+    is_canvas = torch.cat([torch.zeros_like(batch.context_mask),
+                           torch.ones_like(batch.canvas_mask)], 1)
+    allowed = block_mask(real, is_canvas, causal)
+    return model(ids, positions, allowed=allowed,
+                 rows=torch.cat([torch.zeros_like(batch.context_mask), rows], 1))
+
+
+def forward_canvas(model, batch: Batch, noisy_canvas: torch.Tensor) -> torch.Tensor:
+    """Logits (B, C, V) of the whole canvas from one block-masked pass over [context; canvas]."""
+    ids = torch.cat([batch.context_ids, noisy_canvas], 1)  # (B, S+C)
+    positions = torch.cat([batch.context_positions, batch.canvas_positions], 1)
+    real = torch.cat([batch.context_mask, batch.canvas_mask], 1)
+    is_canvas = torch.cat([torch.zeros_like(batch.context_mask),
+                           torch.ones_like(batch.canvas_mask)], 1)
+    return model(ids, positions, real, is_canvas, n_context=batch.context_ids.shape[1])
+
+
+class Corruption:
+    """The forward process of one training step: masking (and optional edit noise)."""
+
+    def __init__(self, specials, vocab_size: int, edit_rate: float, edit_share: float):
+        self.specials = specials
+        self.low, self.high = first_text_id(specials), vocab_size
+        self.edit_rate, self.edit_share = edit_rate, edit_share
+
+    def __call__(self, clean, canvas_mask, t=None):
+        """(noisy ids, rows with loss, loss weights) for clean canvas ids (B, C)."""
+        noisy, masked, t = mask_canvas(clean, canvas_mask, self.specials.mask, t=t)
+        edited = torch.zeros_like(masked)
+        if self.edit_rate:
+            noisy, edited = edit_noise(noisy, masked, canvas_mask, self.edit_rate,
+                                       self.edit_share, self.low, self.high)
+        t_tok = t[:, None].expand_as(clean) if t.dim() == 1 else t
+        weights = torch.where(masked, 1.0 / t_tok, torch.ones_like(t_tok))
+        return noisy, masked | edited, weights, masked
+
+
+def infill_step(model, batch: Batch, corrupt: Corruption, causal: bool):
+    """Loss of one infill batch and its count of masked real-code tokens."""
+    noisy, rows, weights, masked = corrupt(batch.canvas_ids, batch.canvas_mask)
+    logits = infill_pass(model, batch, noisy, rows, causal)
+    loss = row_loss(logits, batch.canvas_ids, rows, weights, batch.canvas_mask.sum(1))
+    content = masked & (batch.canvas_ids != corrupt.specials.end_of_span)
+    return loss, int(content.sum())
+
+
+def block_step(model, batch: BlockBatch, corrupt: Corruption):
+    """Loss of one block-diffusion batch (BD3-LM: each block a canvas after its clean prefix,
+    all in one pass over [clean; noisy]) and its count of masked tokens."""
+    canvas_mask = batch.real & (batch.blocks >= 0)  # never the file token
+    t = block_noise_level(batch.blocks, batch.real)
+    noisy, rows, weights, masked = corrupt(batch.ids, canvas_mask, t)
+    ids = torch.cat([batch.ids, noisy], 1)  # (B, 2N)
+    positions = torch.cat([batch.positions, batch.positions], 1)
+    allowed = block_diffusion_mask(batch.real, batch.blocks)
+    logits = model(ids, positions, allowed=allowed,
+                   rows=torch.cat([torch.zeros_like(rows), rows], 1))
+    loss = row_loss(logits, batch.ids, rows, weights, canvas_mask.sum(1))
+    return loss, int(masked.sum())
+
+
 class Validator:
     """Fixed validation examples and masks, so successive evaluations are comparable."""
 
@@ -108,7 +211,8 @@ class Validator:
         self.em_max_steps = em_max_steps
         rng = random.Random(seed + 12345)
         self.maker = maker
-        self.batches = [[maker.make(rng) for _ in range(batch_size)] for _ in range(batches)]
+        self.batches = [collate([maker.make(rng) for _ in range(batch_size)],
+                                maker.specials.pad) for _ in range(batches)]
         self.em = [maker.make(rng) for _ in range(em_examples)]
         self.seed = seed
 
@@ -118,8 +222,7 @@ class Validator:
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         total, count = 0.0, 0
         specials = self.maker.specials
-        for examples in self.batches:
-            batch = collate(examples, specials.pad)
+        for batch in self.batches:
             noisy, masked, _ = mask_canvas(batch.canvas_ids, batch.canvas_mask, specials.mask,
                                            generator=gen)
             batch = batch.to(device)
@@ -128,6 +231,31 @@ class Validator:
                 logits = forward_canvas(model, batch, noisy)
             ce, n = batch_tokens_masked_ce(logits, batch.canvas_ids, masked)
             total, count = total + ce, count + n
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def content_ce(self, model, device, autocast, t: float, context: bool = True) -> float:
+        """Cross-entropy on masked *content* tokens (real code, not end-of-span padding) with
+        each canvas token masked with probability `t` (fixed masks). Without `context`, the
+        context is cut to the file token: the gap shows how much the model uses it."""
+        gen = torch.Generator(device="cpu").manual_seed(self.seed + 1)
+        specials = self.maker.specials
+        total, count = 0.0, 0
+        for batch in self.batches:
+            t_row = torch.full((batch.canvas_ids.shape[0],), float(t))
+            noisy, masked, _ = mask_canvas(batch.canvas_ids, batch.canvas_mask, specials.mask,
+                                           generator=gen, t=t_row)
+            rows = masked & (batch.canvas_ids != specials.end_of_span)
+            if not context:
+                batch = Batch(batch.context_ids[:, :1], batch.context_positions[:, :1],
+                              batch.context_mask[:, :1], batch.canvas_ids,
+                              batch.canvas_positions, batch.canvas_mask)
+            batch, noisy, rows = batch.to(device), noisy.to(device), rows.to(device)
+            with autocast:
+                logits = infill_pass(model, batch, noisy, rows, model.cfg.causal)
+            ce = torch.nn.functional.cross_entropy(logits.float(), batch.canvas_ids[rows],
+                                                   reduction="sum")
+            total, count = total + float(ce), count + int(rows.sum())
         return total / max(count, 1)
 
     @torch.no_grad()
@@ -144,16 +272,6 @@ class Validator:
         return hits / max(total, 1), steps / max(len(self.em), 1)
 
 
-def forward_canvas(model, batch: Batch, noisy_canvas: torch.Tensor) -> torch.Tensor:
-    """Logits of the canvas from one block-masked pass over [context; canvas]."""
-    ids = torch.cat([batch.context_ids, noisy_canvas], 1)  # (B, S+C)
-    positions = torch.cat([batch.context_positions, batch.canvas_positions], 1)
-    real = torch.cat([batch.context_mask, batch.canvas_mask], 1)
-    is_canvas = torch.cat([torch.zeros_like(batch.context_mask),
-                           torch.ones_like(batch.canvas_mask)], 1)
-    return model(ids, positions, real, is_canvas, n_context=batch.context_ids.shape[1])
-
-
 def plot_log(log_path: Path, out: Path) -> None:
     import matplotlib
 
@@ -163,12 +281,16 @@ def plot_log(log_path: Path, out: Path) -> None:
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     train = [(r["step"], r["loss"]) for r in rows if r.get("kind") == "train"]
     val = [(r["step"], r["val_loss"]) for r in rows if r.get("kind") == "eval"]
+    content = [(r["step"], r["content_ce_t015"]) for r in rows
+               if r.get("kind") == "eval" and "content_ce_t015" in r]
     if not train:
         return
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(*zip(*train), label="train (1/t-weighted)", alpha=0.6)
     if val:
         ax.plot(*zip(*val), "o-", label="validation (masked CE)")
+    if content:
+        ax.plot(*zip(*content), "s-", label="validation content CE, t=0.15")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
@@ -177,6 +299,36 @@ def plot_log(log_path: Path, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
+
+
+def default_workers(device: torch.device) -> int:
+    """One batch-making process per spare core (at most 15); one on a small CPU machine."""
+    cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        return max(1, min(15, cores - 1))
+    return 1 if cores >= 2 else 0
+
+
+class Meter:
+    """Throughput over the run: real (non-padding) tokens, tokens under loss, padding, and
+    the time the step waited for its batch."""
+
+    def __init__(self):
+        self.real = self.loss = self.computed = 0
+        self.wait = 0.0
+
+    def add(self, batch, loss_tokens: int, wait: float) -> None:
+        self.real += batch.tokens
+        self.loss += loss_tokens
+        self.computed += int(round(batch.tokens / max(1e-9, 1 - batch.pad_share)))
+        self.wait += wait
+
+    def row(self, seconds: float) -> dict:
+        seconds = max(seconds, 1e-9)
+        return {"real_tokens_per_s": round(self.real / seconds, 1),
+                "loss_tokens_per_s": round(self.loss / seconds, 1),
+                "pad_share": round(1 - self.real / max(1, self.computed), 4),
+                "data_wait_share": round(self.wait / seconds, 4)}
 
 
 def train(args) -> dict:
@@ -193,6 +345,7 @@ def train(args) -> dict:
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     main = rank == 0
@@ -200,7 +353,6 @@ def train(args) -> dict:
     if main:
         out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed + rank)
-    rng = random.Random(args.seed * 1000 + rank)
 
     tokenizer = load_tokenizer(args.tokenizer)
     specials = special_tokens(tokenizer)
@@ -208,35 +360,46 @@ def train(args) -> dict:
     corpus = Path(args.corpus)
     texts, languages = load_texts(corpus / "train.jsonl.zst", args.max_files)
     val_texts, val_languages = load_texts(corpus / "val.jsonl.zst", args.max_files)
-    maker = ExampleMaker(texts, languages, tokenizer, specials, settings)
     validator = Validator(ExampleMaker(val_texts, val_languages, tokenizer, specials, settings),
                           args.eval_batches, args.batch_size, args.em_examples, args.seed,
                           args.em_max_steps)
 
     cfg = DenoiserConfig(vocab_size=tokenizer.get_vocab_size(), n_layers=args.n_layers,
                          n_heads=args.n_heads, head_dim=args.head_dim,
-                         mlp_hidden=args.mlp_hidden, max_position=args.max_position)
+                         mlp_hidden=args.mlp_hidden, max_position=args.max_position,
+                         context_attention=args.context_attention)
     model = Denoiser(cfg).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=args.lr, betas=(0.9, 0.95))
+                                  lr=args.lr, betas=(0.9, 0.95),
+                                  fused=device.type == "cuda")
     step, tokens_seen, seconds = 0, 0, 0.0
     resume = out / "last.pt"
     if resume.is_file():
         state = torch.load(resume, map_location=device, weights_only=False)
+        if DenoiserConfig.from_dict(state["config"]) != cfg:
+            raise SystemExit(f"{resume} holds another model shape: use another --out")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, tokens_seen, seconds = state["step"], state["tokens_seen"], state["train_seconds"]
-        rng.seed(args.seed * 1000 + rank + step)
         if main:
             print(f"resumed from {resume} at step {step}")
+    runner = torch.compile(model) if args.compile else model
     ddp = (torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[local_rank] if device.type == "cuda" else None)
-        if world > 1 else model)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else nullcontext())
+        runner, device_ids=[local_rank] if device.type == "cuda" else None)
+        if world > 1 else runner)
+    bf16 = use_bf16(device, args.precision)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext())
+    workers = default_workers(device) if args.workers < 0 else args.workers
+    plan = StreamPlan(batch_size=args.batch_size, block_rate=args.block_rate,
+                      block_batch_size=args.block_batch_size, block_tokens=args.block_tokens,
+                      block_sizes=tuple(int(b) for b in str(args.block_sizes).split(",")))
+    loader = batch_loader(BatchStream(texts, languages, args.tokenizer, specials, settings, plan,
+                                      args.seed, rank, step),
+                          workers, pin_memory=device.type == "cuda")
+    corrupt = Corruption(specials, cfg.vocab_size, args.edit_rate, args.edit_share)
     log_path = out / "log.jsonl"
     hw = hardware(device, world)
 
@@ -246,6 +409,7 @@ def train(args) -> dict:
                     "train_seconds": seconds, "hardware": hw,
                     # not the subcommand's function: unpickling it would need this __main__
                     "args": {k: v for k, v in vars(args).items() if not callable(v)},
+                    "example_settings": asdict(settings),
                     "specials": vars(specials)}, out / name)
 
     def log(row: dict) -> None:
@@ -255,17 +419,22 @@ def train(args) -> dict:
     def evaluate() -> dict:
         model.eval()
         val_loss = validator.loss(model, device, autocast)
+        content = {f"content_ce_t{name}": round(validator.content_ce(model, device, autocast, t), 4)
+                   for name, t in (("015", 0.15), ("1", 1.0))}
+        content["content_ce_t015_no_context"] = round(
+            validator.content_ce(model, device, autocast, 0.15, context=False), 4)
         em, em_steps = validator.exact_match(model, device)
         model.train()
-        row = {"kind": "eval", "step": step, "val_loss": round(val_loss, 4),
+        row = {"kind": "eval", "step": step, "val_loss": round(val_loss, 4), **content,
                "val_exact_match": round(em, 4), "val_em_steps": round(em_steps, 2),
                "tokens_seen": tokens_seen, "seconds": round(seconds, 1)}
         log(row)
         return row
 
     if main:
-        print(f"model {model.num_params() / 1e6:.2f}M params, {len(texts)} train files, "
-              f"{len(val_texts)} val files, device {hw}, world {world}")
+        print(f"model {model.num_params() / 1e6:.2f}M params ({cfg.context_attention} context), "
+              f"{len(texts)} train files, {len(val_texts)} val files, device {hw}, world {world}, "
+              f"{'bf16' if bf16 else 'fp32'}, {workers} data workers")
     bar = tqdm(total=args.max_steps, initial=step, disable=not main or args.no_progress,
                dynamic_ncols=True)
     started = time.time() - seconds
@@ -274,6 +443,8 @@ def train(args) -> dict:
         bar.write(json.dumps(evaluate()))  # the untrained baseline, for the curve
     model.train()
     loss_ema = None
+    run, window = Meter(), Meter()  # this process's run (resumed runs count from here)
+    run_started = window_started = time.time()
     while step < args.max_steps:
         seconds = time.time() - started
         progress = step / args.max_steps
@@ -287,36 +458,50 @@ def train(args) -> dict:
         lr = lr_at(progress, step, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = collate([maker.make(rng) for _ in range(args.batch_size)], specials.pad)
-        noisy, masked, t = mask_canvas(batch.canvas_ids, batch.canvas_mask, specials.mask)
+        waited = time.time()
+        kind, batch = next(loader)
         batch = batch.to(device)
-        noisy, masked, t = noisy.to(device), masked.to(device), t.to(device)
+        waited = time.time() - waited
         with autocast:
-            logits = forward_canvas(ddp, batch, noisy)
-        loss = diffusion_loss(logits, batch.canvas_ids, masked, t, batch.canvas_mask)
+            if kind == "blocks":
+                loss, loss_tokens = block_step(ddp, batch, corrupt)
+            else:
+                loss, loss_tokens = infill_step(ddp, batch, corrupt, cfg.causal)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         step += 1
         tokens_seen += batch.tokens * world
+        for meter in (run, window):
+            meter.add(batch, loss_tokens, waited)
         value = loss.item()
         loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value
         if main:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_ema:.3f}", lr=f"{lr:.2e}")
             if step % 10 == 0:
+                now = time.time()
                 log({"kind": "train", "step": step, "loss": round(value, 4),
                      "loss_ema": round(loss_ema, 4), "lr": lr, "grad_norm": round(float(norm), 3),
-                     "tokens_seen": tokens_seen, "seconds": round(time.time() - started, 1)})
+                     "tokens_seen": tokens_seen, "seconds": round(now - started, 1),
+                     **window.row(now - window_started)})
+                window, window_started = Meter(), now
             if step % args.eval_every == 0:
+                evaluated = time.time()
                 last_eval = evaluate()
                 bar.write(json.dumps(last_eval))
+                # evaluation is not training: keep it out of the clock and the rates
+                paused = time.time() - evaluated
+                started += paused
+                run_started += paused
+                window_started += paused
             if step % args.save_every == 0:
                 seconds = time.time() - started
                 save("last.pt")
     bar.close()
     seconds = time.time() - started
+    rates = run.row(time.time() - run_started)
     summary = {}
     if main:
         if last_eval is None or last_eval["step"] != step:
@@ -326,10 +511,16 @@ def train(args) -> dict:
         summary = {
             "steps": step, "tokens_seen": tokens_seen, "train_seconds": round(seconds, 1),
             "hardware": hw, "world_size": world, "params": model.num_params(),
+            "precision": "bf16" if bf16 else "fp32", "data_workers": workers,
+            "context_attention": cfg.context_attention,
+            **rates,
             "final_train_loss_ema": round(loss_ema or float("nan"), 4),
             "final_val_loss": last_eval["val_loss"],
+            "content_ce": {k[len("content_ce_"):]: v for k, v in last_eval.items()
+                           if k.startswith("content_ce_")},
             "val_exact_match": last_eval["val_exact_match"],
             "batch_size": args.batch_size * world, "lr": args.lr,
+            "block_rate": args.block_rate, "edit_rate": args.edit_rate,
             "corpus": corpus_stats(corpus), "max_files": args.max_files,
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

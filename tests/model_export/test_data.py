@@ -88,3 +88,30 @@ def test_collate_pads(tiny_corpus, tiny_tokenizer):
     batch = collate(examples, maker.specials.pad)
     assert batch.context_mask.sum(1).tolist() == [len(e.context_ids) for e in examples]
     assert batch.canvas_mask.sum(1).tolist() == [len(e.canvas_ids) for e in examples]
+
+
+def test_edit_noise_touches_only_visible_real_tokens():
+    from model_export.data import edit_noise
+
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(10, 50, (64, 32), generator=g)
+    canvas_mask = torch.ones(64, 32, dtype=torch.bool)
+    canvas_mask[:, 28:] = False
+    noisy, masked, _ = mask_canvas(clean, canvas_mask, 1, generator=g)
+    edited_ids, edited = edit_noise(noisy, masked, canvas_mask, 0.5, 0.3, 4, 100, generator=g)
+    assert not (edited & masked).any() and not (edited & ~canvas_mask).any()
+    assert edited.any()
+    rows_with_edits = edited.any(1).float().mean().item()
+    assert 0.2 < rows_with_edits < 0.8  # about the asked rate of rows
+    assert torch.equal(edited_ids[~edited], noisy[~edited])
+    assert (edited_ids[edited] >= 4).all()
+
+
+def test_block_noise_is_one_level_per_block():
+    from model_export.data import block_noise_level
+
+    blocks = torch.tensor([[-1, 0, 0, 0, 1, 1, 2, 9, 9]])
+    real = blocks < 9
+    t = block_noise_level(blocks, real, generator=torch.Generator().manual_seed(1))
+    assert t[0, 1] == t[0, 2] == t[0, 3] and t[0, 4] == t[0, 5]
+    assert t[0, 3] != t[0, 4] and ((t > 0) & (t <= 1)).all()

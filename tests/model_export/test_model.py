@@ -156,8 +156,8 @@ def test_block_diffusion_pass_equals_prefix_requests():
     allowed = block_diffusion_mask(real, block)
     rows = torch.cat([torch.zeros(1, N, dtype=torch.bool), real], 1)
     with torch.no_grad():
-        logits = model.forward_masked(torch.cat([clean, noisy], 1),
-                                      torch.cat([positions, positions], 1), allowed, rows)
+        logits = model(torch.cat([clean, noisy], 1), torch.cat([positions, positions], 1),
+                       allowed=allowed, rows=rows)
         for b in range(1, N // size):
             start, end = b * size, (b + 1) * size
             keys, values = model.encode(clean[:, :start], positions[:, :start],

@@ -43,3 +43,19 @@ def test_resume_continues_from_checkpoint(tiny_corpus, tiny_tokenizer, tmp_path)
     assert summary["steps"] == 30
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [10, 20, 30]
+
+
+def test_block_diffusion_and_edit_noise_run_and_report_rates(tiny_corpus, tiny_tokenizer, tmp_path):
+    """The fast pipeline's other paths: block-diffusion batches, edit noise, a data worker;
+    the summary carries the throughput and content metrics the runs are judged by."""
+    summary = train(train_args(tiny_corpus, tiny_tokenizer, tmp_path, "--max-steps", "40",
+                               "--eval-every", "1000", "--block-rate", "0.5",
+                               "--block-tokens", "64", "--block-sizes", "16,32",
+                               "--edit-rate", "0.5", "--workers", "1"))
+    for key in ("real_tokens_per_s", "loss_tokens_per_s", "pad_share", "data_wait_share"):
+        assert summary[key] >= 0, key
+    assert summary["real_tokens_per_s"] > summary["loss_tokens_per_s"] > 0
+    assert set(summary["content_ce"]) == {"t015", "t1", "t015_no_context"}
+    assert summary["final_train_loss_ema"] == summary["final_train_loss_ema"]  # not NaN
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert all("pad_share" in r for r in rows if r["kind"] == "train")
