@@ -7,12 +7,17 @@ least one per step. A committed end-of-span token closes its canvas: everything 
 filled with end-of-span at once (DreamOn / LLaDA pad answers with EOS), which is what lets an
 easy line finish in one or two steps. Optionally, committed tokens whose probability fell below
 a floor are re-masked (self-correction, as in ReMDM).
+
+A batch of requests (several editors on one server) runs the same loop in lockstep: one encoder
+call over the padded batch, then each step one decoder call over every canvas still open, each
+request finishing at its own step with exactly the result it would get alone. A single request
+is a batch of one; a runtime without batch calls gets one call per request inside the same loop.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -38,6 +43,12 @@ class Denoiser(Protocol):
         A runtime whose `returns_logits` attribute is true also takes `need_logits=True` and
         then returns the (1, C, V) logits as a fourth element (for `min_tokens`).
         """
+
+    # Optional, for batches (the sampler uses them when a runtime has both):
+    #   encode_batch(layouts: list[Layout]) -> state   one call over the padded batch
+    #   denoise_step_batch(state, canvas_ids, canvas_positions, canvas_mask, need_logits=False)
+    #     canvas_* (B, C), canvas_mask (B, C) bool (False: padding, or a finished request)
+    #     -> (pred_ids, pred_prob, canvas_prob[, logits (B, C, V)]), each (B, C)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,50 +123,78 @@ def _no_early_end(
     pred_prob[rows] = probs[np.arange(len(rows)), best] / probs.sum(-1)
 
 
-def denoise(
-    denoiser: Denoiser,
-    layout: Layout,
-    specials: SpecialTokens,
-    settings: SamplerSettings,
-    cancelled: Callable[[], bool] = lambda: False,
-) -> DenoiseResult:
-    """Fill every canvas of `layout`; raise Cancelled if `cancelled()` turns true between steps."""
-    lengths = np.array(layout.canvas_lengths, dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    total = int(lengths.sum())
-    canvas = np.full(total, specials.mask, dtype=np.int64)
-    positions = np.array([p for hole in layout.canvas_positions for p in hole], dtype=np.int64)
-    if cancelled():
-        raise Cancelled
-    state = denoiser.encode(layout)
-    steps = 0
-    committed_per_step: list[int] = []
-    max_steps = max(1, settings.max_steps)
-    index_in_canvas = np.arange(total) - np.repeat(starts, lengths)
-    head = index_in_canvas < settings.min_tokens  # positions that may not end the span
-    can_ban = bool(getattr(denoiser, "returns_logits", False)) and head.any()
-    banned = sorted({specials.end_of_span, specials.mask, specials.pad, specials.file})
-    while (canvas == specials.mask).any():
-        if cancelled():
-            raise Cancelled
-        guard = can_ban and bool((head & (canvas == specials.mask)).any())
-        if guard:
-            pred_ids, pred_prob, canvas_prob, logits = denoiser.denoise_step(
-                state, canvas[None, :], positions[None, :], need_logits=True
-            )
-        else:
-            pred_ids, pred_prob, canvas_prob = denoiser.denoise_step(
-                state, canvas[None, :], positions[None, :]
-            )
-        pred_ids, pred_prob, canvas_prob = pred_ids[0], pred_prob[0].copy(), canvas_prob[0]
-        pred_ids = pred_ids.copy()
-        if guard:
-            rows = np.flatnonzero(head & (canvas == specials.mask)
+def _never() -> bool:
+    return False
+
+
+def _truncate(canvas: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+              eos: int) -> list[list[int]]:
+    """Each hole's tokens up to (not including) its first end-of-span."""
+    canvases = []
+    for start, length in zip(starts, lengths):
+        row = canvas[start : start + length].tolist()
+        if eos in row:
+            row = row[: row.index(eos)]
+        canvases.append(row)
+    return canvases
+
+
+def _starts(lengths: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+
+
+def split_canvas(canvas: Sequence[int] | np.ndarray, lengths: Sequence[int],
+                 eos: int) -> list[list[int]]:
+    """A layout's holes, back to back in `canvas`, each truncated at its first end-of-span
+    (a remote server sends back the whole canvas)."""
+    lengths_ = np.asarray(lengths, dtype=np.int64)
+    return _truncate(np.asarray(canvas, dtype=np.int64), _starts(lengths_), lengths_, eos)
+
+
+class _Request:
+    """One request in the lockstep loop: its holes back to back as one canvas."""
+
+    def __init__(self, layout: Layout, specials: SpecialTokens, settings: SamplerSettings,
+                 cancelled: Callable[[], bool], can_ban: bool) -> None:
+        self.layout = layout
+        self.lengths = np.array(layout.canvas_lengths, dtype=np.int64)
+        self.starts = _starts(self.lengths)
+        total = int(self.lengths.sum())
+        self.canvas = np.full(total, specials.mask, dtype=np.int64)  # (T,)
+        self.positions = np.array([p for hole in layout.canvas_positions for p in hole],
+                                  dtype=np.int64)  # (T,)
+        index_in_canvas = np.arange(total) - np.repeat(self.starts, self.lengths)
+        self.head = index_in_canvas < settings.min_tokens  # positions that may not end the span
+        self.can_ban = can_ban and bool(self.head.any())
+        self.mask_id = specials.mask
+        self.settings = settings
+        self.max_steps = max(1, settings.max_steps)
+        self.cancelled = cancelled
+        self.dropped = False  # cancelled: left the batch, no result
+        self.state: object = None  # its own context state when the runtime has no batch calls
+        self.steps = 0
+        self.committed_per_step: list[int] = []
+
+    @property
+    def open(self) -> bool:
+        return bool((self.canvas == self.mask_id).any())
+
+    def guarded(self) -> bool:
+        """Whether this step needs logits: a head position is still masked (`min_tokens`)."""
+        return self.can_ban and bool((self.head & (self.canvas == self.mask_id)).any())
+
+    def advance(self, pred_ids: np.ndarray, pred_prob: np.ndarray, canvas_prob: np.ndarray,
+                logits: np.ndarray | None, specials: SpecialTokens, banned: list[int]) -> None:
+        """Commit one step's predictions, each (T,); `logits` (T, V) when guarded."""
+        canvas, settings = self.canvas, self.settings
+        pred_ids, pred_prob = pred_ids.copy(), pred_prob.copy()
+        if logits is not None:
+            rows = np.flatnonzero(self.head & (canvas == specials.mask)
                                   & (pred_ids == specials.end_of_span))
             if rows.size:
-                _no_early_end(pred_ids, pred_prob, logits[0], rows, banned)
-        steps += 1
-        steps_left = max_steps - steps + 1  # this one included
+                _no_early_end(pred_ids, pred_prob, logits, rows, banned)
+        self.steps += 1
+        steps_left = self.max_steps - self.steps + 1  # this one included
         masked = canvas == specials.mask
         if settings.remask_floor > 0 and steps_left > 1:
             fallen = ~masked & (canvas_prob < settings.remask_floor) & (pred_ids != canvas)
@@ -163,12 +202,138 @@ def denoise(
             masked |= fallen
         commit = choose_commits(masked, pred_prob, settings, steps_left)
         canvas[commit] = pred_ids[commit]
-        committed_per_step.append(int(commit.sum()))
-        _close_spans(canvas, starts, lengths, specials.end_of_span)
-    canvases = []
-    for start, length in zip(starts, lengths):
-        row = canvas[start : start + length].tolist()
-        if specials.end_of_span in row:
-            row = row[: row.index(specials.end_of_span)]
-        canvases.append(row)
-    return DenoiseResult(canvases=canvases, steps=steps, committed_per_step=committed_per_step)
+        self.committed_per_step.append(int(commit.sum()))
+        _close_spans(canvas, self.starts, self.lengths, specials.end_of_span)
+
+    def result(self, eos: int) -> DenoiseResult:
+        return DenoiseResult(canvases=_truncate(self.canvas, self.starts, self.lengths, eos),
+                             steps=self.steps, committed_per_step=self.committed_per_step)
+
+
+def _batched(denoiser: object) -> bool:
+    """Whether the runtime takes a padded batch (`encode_batch` and `denoise_step_batch`)."""
+    return (callable(getattr(denoiser, "encode_batch", None))
+            and callable(getattr(denoiser, "denoise_step_batch", None)))
+
+
+def _step_batch(denoiser: Any, state: object, batch: list[_Request], rows: list[int],
+                pad: int) -> list[tuple]:
+    """One decoder call over the encoded batch; closed rows ride along fully masked out.
+
+    The call keeps the encoder's B rows (its state is per row) but only as many canvas
+    columns as the longest open canvas.
+    """
+    width = max(len(batch[row].canvas) for row in rows)
+    canvas_ids = np.full((len(batch), width), pad, dtype=np.int64)  # (B, C)
+    canvas_positions = np.zeros((len(batch), width), dtype=np.int64)  # (B, C)
+    canvas_mask = np.zeros((len(batch), width), dtype=bool)  # (B, C)
+    for row in rows:
+        n = len(batch[row].canvas)
+        canvas_ids[row, :n] = batch[row].canvas
+        canvas_positions[row, :n] = batch[row].positions
+        canvas_mask[row, :n] = True
+    guards = [batch[row].guarded() for row in rows]
+    outputs = denoiser.denoise_step_batch(state, canvas_ids, canvas_positions, canvas_mask,
+                                          need_logits=any(guards))
+    pred_ids, pred_prob, canvas_prob = outputs[:3]  # (B, C) each
+    steps = []
+    for row, guard in zip(rows, guards):
+        n = len(batch[row].canvas)
+        steps.append((np.asarray(pred_ids[row, :n], np.int64),
+                      np.asarray(pred_prob[row, :n], np.float32),
+                      np.asarray(canvas_prob[row, :n], np.float32),
+                      outputs[3][row, :n] if guard else None))
+    return steps
+
+
+def _step_each(denoiser: Any, batch: list[_Request], rows: list[int]) -> list[tuple]:
+    """A runtime without batch calls: one decoder call per open request, in the same loop."""
+    steps = []
+    for row in rows:
+        request = batch[row]
+        if request.guarded():
+            pred_ids, pred_prob, canvas_prob, logits = denoiser.denoise_step(
+                request.state, request.canvas[None, :], request.positions[None, :],
+                need_logits=True)
+            logits = logits[0]
+        else:
+            pred_ids, pred_prob, canvas_prob = denoiser.denoise_step(
+                request.state, request.canvas[None, :], request.positions[None, :])
+            logits = None
+        steps.append((pred_ids[0], pred_prob[0], canvas_prob[0], logits))
+    return steps
+
+
+def denoise_batch(
+    denoiser: Denoiser,
+    layouts: Sequence[Layout],
+    specials: SpecialTokens,
+    settings: SamplerSettings | Sequence[SamplerSettings],
+    cancelled: Callable[[], bool] | Sequence[Callable[[], bool]] = _never,
+    *,
+    state: object = None,
+) -> list[DenoiseResult | None]:
+    """Fill every canvas of every layout in lockstep; None for a request that was cancelled.
+
+    One encoder call over the padded batch (when the runtime has `encode_batch`), then each
+    step one decoder call over every canvas still open; each request finishes at its own step,
+    under its own settings, as it would alone. A request whose `cancelled()` turns true
+    (checked before the encoder and before each of its steps) leaves the batch at once.
+    `state`: the context of a batch of one, already encoded (the runtime re-used a document's
+    earlier encoding); its decoder calls are then per request.
+    """
+    count = len(layouts)
+    settings = [settings] * count if isinstance(settings, SamplerSettings) else list(settings)
+    checks = [cancelled] * count if callable(cancelled) else list(cancelled)
+    if not len(settings) == len(checks) == count:
+        raise ValueError(f"{count} layouts, {len(settings)} settings, {len(checks)} checks")
+    if state is not None and count != 1:
+        raise ValueError("an encoded state is the context of a batch of one")
+    can_ban = bool(getattr(denoiser, "returns_logits", False))
+    requests = [_Request(layout, specials, s, check, can_ban)
+                for layout, s, check in zip(layouts, settings, checks)]
+    for request in requests:
+        request.dropped = bool(request.cancelled())
+    batch = [request for request in requests if not request.dropped]  # the encoded rows
+    batched = state is None and _batched(denoiser)
+    batch_state: object = None
+    if batch and state is not None:
+        batch[0].state = state
+    elif batch and batched:
+        batch_state = denoiser.encode_batch([request.layout for request in batch])
+    else:
+        for request in batch:
+            request.state = denoiser.encode(request.layout)
+    banned = sorted({specials.end_of_span, specials.mask, specials.pad, specials.file})
+    rows = [row for row, request in enumerate(batch) if request.open]
+    while rows:
+        for row in rows:
+            batch[row].dropped = bool(batch[row].cancelled())
+        rows = [row for row in rows if not batch[row].dropped]
+        if not rows:
+            break
+        if batched:
+            outputs = _step_batch(denoiser, batch_state, batch, rows, specials.pad)
+        else:
+            outputs = _step_each(denoiser, batch, rows)
+        for row, (pred_ids, pred_prob, canvas_prob, logits) in zip(rows, outputs):
+            batch[row].advance(pred_ids, pred_prob, canvas_prob, logits, specials, banned)
+        rows = [row for row in rows if batch[row].open]
+    return [None if r.dropped else r.result(specials.end_of_span) for r in requests]
+
+
+def denoise(
+    denoiser: Denoiser,
+    layout: Layout,
+    specials: SpecialTokens,
+    settings: SamplerSettings,
+    cancelled: Callable[[], bool] = _never,
+    *,
+    state: object = None,
+) -> DenoiseResult:
+    """Fill every canvas of `layout` (a batch of one); raise Cancelled if `cancelled()` turns
+    true between steps. `state`: the layout's context, already encoded."""
+    (result,) = denoise_batch(denoiser, [layout], specials, settings, cancelled, state=state)
+    if result is None:
+        raise Cancelled
+    return result
