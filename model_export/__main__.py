@@ -14,9 +14,13 @@ from pathlib import Path
 def cmd_corpus(args) -> int:
     from .corpus import build_corpus, default_roots
 
-    roots = [Path(r) for r in args.roots] if args.roots else default_roots()
+    roots = [Path(r) for r in args.roots]
+    if not roots or args.with_defaults:
+        roots = default_roots() + roots
     print(f"corpus from {len(roots)} roots: " + ", ".join(map(str, roots)))
-    stats = build_corpus(roots, Path(args.out), val_permille=args.val_permille)
+    heldout = Path(args.exclude_heldout) if args.exclude_heldout else None
+    stats = build_corpus(roots, Path(args.out), val_permille=args.val_permille,
+                         exclude_heldout=heldout, max_project_bytes=args.max_project_bytes)
     print(json.dumps(stats.to_json(), indent=2))
     return 0
 
@@ -81,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("roots", nargs="*", help="directories to read (default: stdlib + site-packages)")
     p.add_argument("--out", default="runs/corpus", help="output directory")
     p.add_argument("--val-permille", type=int, default=20, help="validation share, per mille")
+    p.add_argument("--with-defaults", action="store_true",
+                   help="read the default roots (stdlib + site-packages) as well as ROOTS")
+    p.add_argument("--exclude-heldout", default=None, metavar="TASKS",
+                   help="leave out the files this held-out set (e.g. benchmarks/heldout.jsonl.gz) "
+                   "was cut from: same package-relative path or near-identical content")
+    p.add_argument("--max-project-bytes", type=int, default=None,
+                   help="keep at most about this many bytes of one project (package, crate, ...)")
     p.set_defaults(func=cmd_corpus)
 
     p = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer on the corpus",

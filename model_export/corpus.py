@@ -1,6 +1,7 @@
 """Build a source-code corpus from directories: filtered, de-duplicated, split by file.
 
-Default roots: this Python's standard library and its installed packages' sources. Files are
+Default roots: this Python's standard library and its installed packages' sources; more roots
+(unpacked wheels, npm tarballs, ``dpkg -x`` trees of Debian ``-dev`` packages) may be added. Files are
 kept when their extension has a language in `dlm_lsp.languages`, they decode as UTF-8, and they
 are neither tiny, huge, minified, generated nor vendored. Exact duplicates (same content hash)
 are kept once. A file goes to validation when its content hash says so (stable across runs and
@@ -14,10 +15,12 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
+import tomllib
 import sysconfig
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -52,6 +55,8 @@ class CorpusStats:
     licences: Counter = field(default_factory=Counter)  # files per licence
     licence_bytes: Counter = field(default_factory=Counter)
     roots: list[str] = field(default_factory=list)
+    projects: Counter = field(default_factory=Counter)  # bytes kept per project
+    language_bytes: Counter = field(default_factory=Counter)
 
     def to_json(self) -> dict:
         return {
@@ -63,6 +68,8 @@ class CorpusStats:
             "languages": dict(self.languages.most_common()),
             "licences": dict(self.licences.most_common()),
             "licence_bytes": dict(self.licence_bytes.most_common()),
+            "language_bytes": dict(self.language_bytes.most_common()),
+            "projects": dict(self.projects.most_common()),
         }
 
 
@@ -105,6 +112,184 @@ def licence_map(roots: list[Path]) -> dict[Path, str]:
     return out
 
 
+def root_label(root: Path) -> str:
+    """How a root is named in stats (and so on the model card): never an absolute path."""
+    root = Path(root).resolve()
+    paths = sysconfig.get_paths()
+    if root == Path(paths["stdlib"]).resolve():
+        return "python-stdlib"
+    if root in (Path(paths["purelib"]).resolve(), Path(paths["platlib"]).resolve()):
+        return "site-packages"
+    try:
+        return root.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return root.name
+
+
+_LICENCE_TEXTS = (
+    ("Apache License", "Apache-2.0"),
+    ("Mozilla Public License", "MPL-2.0"),
+    ("GNU LESSER GENERAL PUBLIC", "LGPL"),
+    ("GNU GENERAL PUBLIC", "GPL"),
+    ("Permission is hereby granted, free of charge", "MIT"),
+    ("Permission to use, copy, modify, and/or distribute", "ISC"),
+    ("Neither the name", "BSD-3-Clause"),
+    ("Redistribution and use in source and binary forms", "BSD-2-Clause"),
+)
+_LICENCE_FILES = ("LICENSE", "LICENCE", "COPYING")
+
+
+def licence_from_text(text: str) -> str:
+    """A licence id guessed from a LICENSE file's text ("unknown" when none fits)."""
+    for needle, licence in _LICENCE_TEXTS:
+        if needle.lower() in text.lower():
+            return licence
+    return "unknown"
+
+
+def _debian_licence(copyright_text: str) -> str | None:
+    """The licence of the ``Files: *`` paragraph of a machine-readable debian/copyright."""
+    for paragraph in re.split(r"\n\s*\n", copyright_text):
+        if re.search(r"^Files:\s*\*\s*$", paragraph, re.M):
+            found = re.search(r"^License:\s*(\S.*)$", paragraph, re.M)
+            if found:
+                return found.group(1).strip()
+    return None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def directory_licence(directory: Path) -> tuple[str, str] | None:
+    """(project, licence) when `directory` itself says (see the module docstring), else None."""
+    for info in sorted(directory.glob("*.dist-info")):
+        dist = metadata.PathDistribution(info)
+        name = dist.metadata.get("Name") or info.name.split("-")[0]
+        return name, _licence_of(dist)
+    package_json = directory / "package.json"
+    if package_json.is_file():
+        try:
+            data = json.loads(_read(package_json))
+        except ValueError:
+            data = {}
+        licence = data.get("license") if isinstance(data, dict) else None
+        if isinstance(licence, dict):
+            licence = licence.get("type")
+        if isinstance(licence, str) and licence:
+            return str(data.get("name") or directory.name), licence
+    cargo = directory / "Cargo.toml"
+    if cargo.is_file():
+        try:
+            package = tomllib.loads(_read(cargo)).get("package", {})
+        except tomllib.TOMLDecodeError:
+            package = {}
+        if isinstance(package.get("license"), str):
+            return str(package.get("name") or directory.name), package["license"]
+    doc = directory / "usr" / "share" / "doc"
+    if doc.is_dir():
+        for copyright_file in sorted(doc.glob("*/copyright")):
+            licence = _debian_licence(_read(copyright_file))
+            if licence:
+                return copyright_file.parent.name, licence
+    for child in sorted(directory.iterdir()) if directory.is_dir() else []:
+        if child.is_file() and child.name.upper().startswith(_LICENCE_FILES):
+            return directory.name, licence_from_text(_read(child))
+    return None
+
+
+class ProjectLicences:
+    """Project and licence of files under one root, from the nearest directory that says."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+        self._cache: dict[Path, tuple[str, str] | None] = {}
+
+    def _lookup(self, directory: Path) -> tuple[str, str] | None:
+        if directory in self._cache:
+            return self._cache[directory]
+        found = directory_licence(directory)
+        if found is None and directory != self.root and directory.is_relative_to(self.root):
+            found = self._lookup(directory.parent)
+        self._cache[directory] = found
+        return found
+
+    def __call__(self, path: Path) -> tuple[str, str]:
+        found = self._lookup(Path(path).parent)
+        if found:
+            return found
+        relative = Path(path).relative_to(self.root).parts
+        return (relative[0] if len(relative) > 1 else root_label(self.root)), "unknown"
+
+
+def short_path(path: str) -> str:
+    """The path from its package or library root on (no machine-specific prefix)."""
+    parts = Path(path).parts
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts:
+            return "/".join(parts[parts.index(marker) + 1:])
+    for index, part in enumerate(parts):
+        if part.startswith("python3"):
+            return "/".join(parts[index + 1:])
+    return "/".join(parts[-3:])
+
+
+def _shingles(text: str) -> set[int]:
+    """Hashes of every 3 consecutive non-blank, stripped lines."""
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    return {hash("\n".join(lines[i:i + 3])) for i in range(max(len(lines) - 2, 0))}
+
+
+class HeldoutFilter:
+    """Recognises files a held-out set was cut from: a file goes out when it shares at least
+    half (and at least 3) of some task's line shingles (near-identical content, any path), or
+    when its path ends with the task's package-relative path and it shares any shingle with it
+    (the same file, another version). Only the tasks' path, prefix, middle and suffix are read."""
+
+    def __init__(self, tasks: Iterable[dict]):
+        self.paths: list[str] = []
+        self.sizes: list[int] = []
+        self.index: dict[int, list[int]] = {}
+        self.by_path: dict[str, list[int]] = {}
+        for task in tasks:
+            number = len(self.paths)
+            path = str(task.get("path", ""))
+            shingles = _shingles(task.get("prefix", "") + task.get("middle", "")
+                                 + task.get("suffix", ""))
+            self.paths.append(path)
+            self.sizes.append(len(shingles))
+            for shingle in shingles:
+                self.index.setdefault(shingle, []).append(number)
+            if path:
+                self.by_path.setdefault(path.split("/")[-1], []).append(number)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "HeldoutFilter":
+        from dlm_lsp.stats import read_jsonl
+
+        return cls(read_jsonl(path))
+
+    def matches(self, path: str, text: str) -> bool:
+        hits: Counter = Counter()
+        for shingle in _shingles(text):
+            for number in self.index.get(shingle, ()):
+                hits[number] += 1
+        for number, count in hits.items():
+            if count >= max(3, self.sizes[number] / 2):
+                return True
+        posix = Path(path).as_posix()
+        for number in self.by_path.get(posix.rsplit("/", 1)[-1], ()):
+            task_path = self.paths[number]
+            if (posix == task_path or posix.endswith("/" + task_path)) and (
+                    hits[number] or not self.sizes[number]):
+                return True
+        return False
+
+
 def reject_reason(path: Path, text: str) -> str | None:
     """Why a file stays out of the corpus, or None when it is kept."""
     size = len(text.encode("utf-8"))
@@ -141,10 +326,15 @@ def is_validation(digest: str, val_permille: int) -> bool:
 
 
 def build_corpus(roots: list[Path], out_dir: Path, val_permille: int = 20,
-                 progress: bool = True) -> CorpusStats:
-    """Scan roots, write train/val jsonl.zst and stats.json into out_dir."""
+                 progress: bool = True, exclude_heldout: Path | None = None,
+                 max_project_bytes: int | None = None) -> CorpusStats:
+    """Scan roots, write train/val jsonl.zst and stats.json into out_dir.
+
+    `exclude_heldout`: a held-out tasks file whose source files stay out of both splits.
+    `max_project_bytes`: keep at most about this many bytes of one project."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stats = CorpusStats(roots=[str(r) for r in roots])
+    stats = CorpusStats(roots=[root_label(r) for r in roots])
+    heldout = HeldoutFilter.from_file(exclude_heldout) if exclude_heldout else None
     licences = licence_map(roots)
     stdlib = Path(sysconfig.get_paths()["stdlib"]).resolve()
     seen: set[str] = set()
@@ -156,6 +346,7 @@ def build_corpus(roots: list[Path], out_dir: Path, val_permille: int = 20,
     try:
         for root in roots:
             root = root.resolve()
+            projects = ProjectLicences(root)
             for path in walk_sources(root):
                 stats.files_seen += 1
                 if progress and stats.files_seen % 5000 == 0:
@@ -176,24 +367,33 @@ def build_corpus(roots: list[Path], out_dir: Path, val_permille: int = 20,
                     stats.dropped["duplicate"] += 1
                     continue
                 seen.add(digest)
+                if heldout is not None and heldout.matches(str(path), text):
+                    stats.dropped["heldout"] += 1
+                    continue
                 resolved = path.resolve()
                 if resolved in licences:
                     licence = licences[resolved]
+                    project = short_path(str(resolved)).split("/")[0]
                 elif resolved.is_relative_to(stdlib) and "site-packages" not in resolved.parts:
-                    licence = STDLIB_LICENCE
+                    licence, project = STDLIB_LICENCE, "python-stdlib"
                 else:
-                    licence = "unknown"
+                    project, licence = projects(path)
+                size = len(text.encode("utf-8"))
+                if max_project_bytes and stats.projects[project] + size > max_project_bytes:
+                    stats.dropped["project-cap"] += 1
+                    continue
                 language = language_id_for_path(path.name)
                 split = "val" if is_validation(digest, val_permille) else "train"
                 record = {"path": str(path), "language": language, "licence": licence,
                           "sha256": digest[:16], "text": text}
                 writers[split].write((json.dumps(record, ensure_ascii=False) + "\n").encode())
-                size = len(text.encode("utf-8"))
                 stats.kept[split] += 1
                 stats.bytes[split] += size
                 stats.languages[language] += 1
                 stats.licences[licence] += 1
                 stats.licence_bytes[licence] += size
+                stats.language_bytes[language] += size
+                stats.projects[project] += size
     finally:
         for split in writers:
             writers[split].close()

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Iterator
 
 from dlm_lsp.stats import write_jsonl
 
+from .corpus import short_path as _short_path
 from .data import node_spans
 
 KINDS = ("single-line", "multi-line", "random-span", "syntax-node")
@@ -133,18 +134,6 @@ def heldout_tasks(records: Iterable[dict[str, Any]], *, per_kind: int, seed: int
             }
         if all(counts[k] >= per_kind for k in KINDS):
             return
-
-
-def _short_path(path: str) -> str:
-    """The path from its package or library root on (no machine-specific prefix)."""
-    parts = Path(path).parts
-    for marker in ("site-packages", "dist-packages"):
-        if marker in parts:
-            return "/".join(parts[parts.index(marker) + 1:])
-    for index, part in enumerate(parts):
-        if part.startswith("python3"):
-            return "/".join(parts[index + 1:])
-    return "/".join(parts[-3:])
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
