@@ -1,0 +1,6 @@
+"""Completions served by NVIDIA Triton Inference Server (see docs/TRITON.md).
+
+`wire` is the request/response format both ends share, `triton_model` the Python-backend model
+that runs a whole completion on the server, `client` what a dlm-lsp sends it, and `failover`
+the switch to the local model when the server cannot answer.
+"""
