@@ -5,15 +5,24 @@ A model directory holds::
     model.json       this card
     tokenizer.json   a `tokenizers` byte-level BPE with the special tokens named below
     *.onnx           the encoder/decoder graphs named under "graphs"
+    weights.bin      (format 2) every graph's weights, each stored once, as ONNX external data
 
 Graph signatures (names are the contract; see shared/DESIGN.md "The model contract"):
 
 * encoder: ``input_ids[B,S] int64``, ``position_ids[B,S] int64``, ``attention_mask[B,S] int64``
   → ``keys[L,B,H,S,D]``, ``values[L,B,H,S,D]`` (float32, or float16 in a fp16 variant).
+  A causal model's encoder (format 2, ``context_attention: "causal"``) also takes the context
+  encoded so far: ``past_keys[L,B,H,P,D]``, ``past_values``, ``past_mask[B,P] int64`` (P may be
+  0); the S new tokens attend to the past and causally to each other, and the outputs hold the
+  new tokens' keys/values only, to be appended to the past.
 * decoder: ``canvas_ids[B,C] int64``, ``canvas_position_ids[B,C] int64``, ``keys``, ``values``,
-  ``context_mask[B,S] int64`` → ``pred_ids[B,C] int64`` (argmax), ``pred_prob[B,C] float32``
-  (its probability), ``canvas_prob[B,C] float32`` (the probability of the token *already* at
-  each canvas position, used for self-correction), and ``logits[B,C,V]`` (evaluation only).
+  ``context_mask[B,S] int64`` (and, format 2, ``canvas_mask[B,C] bool``: which canvas positions
+  are real when a batch pads canvases) → ``pred_ids[B,C] int64`` (argmax), ``pred_prob[B,C]
+  float32`` (its probability), ``canvas_prob[B,C] float32`` (the probability of the token
+  *already* at each canvas position, used for self-correction), and ``logits[B,C,V]``
+  (evaluation only).
+
+Format 1 cards (no ``context_attention``) are bidirectional: the context is encoded whole.
 
 How context and canvas are laid out in positions is `dlm_lsp.layout`.
 """
@@ -25,7 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CARD_FORMAT = 1
+CARD_FORMAT = 2  # what model_export writes; the runtime reads 1 and 2
+CARD_FORMATS = (1, 2)
+CONTEXT_ATTENTION = ("causal", "bidirectional")
 
 
 class ModelError(Exception):
@@ -77,12 +88,19 @@ class ModelCard:
     sampler: SamplerDefaults
     graphs: dict[str, GraphFiles]  # by provider: "cpu" required, "cuda" optional
     tokenizer: str = "tokenizer.json"
+    context_attention: str = "bidirectional"  # "causal": an encoded context can be extended
+    weights: str | None = None  # the graphs' shared external-data file (format 2)
     directory: Path = field(default=Path("."), compare=False)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # training, corpus, ...
 
     def path(self, name: str) -> Path:
         """A file of this model directory."""
         return self.directory / name
+
+    @property
+    def causal(self) -> bool:
+        """Whether context keys/values of an unchanged head of the context stay exact."""
+        return self.context_attention == "causal"
 
     def graphs_for(self, provider: str) -> GraphFiles:
         """The graph variant for a provider ("cuda" or "cpu"), falling back to the CPU one."""
@@ -114,7 +132,10 @@ class ModelCard:
             "sampler": vars(self.sampler),
             "graphs": {k: vars(v) for k, v in self.graphs.items()},
             "tokenizer": self.tokenizer,
+            "context_attention": self.context_attention,
         }
+        if self.weights is not None:
+            out["weights"] = self.weights
         for key, value in self.extra.items():
             if key == "architecture":
                 out["architecture"] = {**value, **out["architecture"]}
@@ -137,8 +158,16 @@ def parse_card(raw: Any, directory: Path) -> ModelCard:
     where = str(directory / "model.json")
     if not isinstance(raw, dict):
         raise ModelError(f"{where}: not a JSON object")
-    if raw.get("format", CARD_FORMAT) != CARD_FORMAT:
-        raise ModelError(f"{where}: card format {raw.get('format')!r}, expected {CARD_FORMAT}")
+    card_format = raw.get("format", 1)
+    if card_format not in CARD_FORMATS:
+        raise ModelError(f"{where}: card format {card_format!r}, expected one of {CARD_FORMATS}")
+    attention = raw.get("context_attention", "bidirectional")
+    if attention not in CONTEXT_ATTENTION:
+        raise ModelError(f"{where}: context_attention {attention!r}, expected one of "
+                         f"{CONTEXT_ATTENTION}")
+    weights = raw.get("weights")
+    if weights is not None and not isinstance(weights, str):
+        raise ModelError(f"{where}: weights must name a file")
     arch = _require(raw, "architecture", dict, where)
     specials = _require(raw, "special_tokens", dict, where)
     vocab_size = _require(arch, "vocab_size", int, where + " architecture")
@@ -169,7 +198,7 @@ def parse_card(raw: Any, directory: Path) -> ModelCard:
     sampler = SamplerDefaults(**{k: v for k, v in sampler_raw.items() if k in known})
     core = {
         "format", "name", "version", "special_tokens", "canvas_buckets", "max_context",
-        "max_position", "sampler", "graphs", "tokenizer",
+        "max_position", "sampler", "graphs", "tokenizer", "context_attention", "weights",
     }
     return ModelCard(
         name=str(raw.get("name", directory.name)),
@@ -185,6 +214,8 @@ def parse_card(raw: Any, directory: Path) -> ModelCard:
         sampler=sampler,
         graphs=graphs,
         tokenizer=str(raw.get("tokenizer", "tokenizer.json")),
+        context_attention=attention,
+        weights=weights,
         directory=directory,
         extra={k: v for k, v in raw.items() if k not in core},
     )
@@ -204,6 +235,7 @@ def load_card(directory: str | Path) -> ModelCard:
         raise ModelError(f"{card_path} cannot be read: {exc}") from None
     card = parse_card(raw, directory)
     needed = [card.tokenizer] + [f for g in card.graphs.values() for f in (g.encoder, g.decoder)]
+    needed += [card.weights] if card.weights else []
     for name in needed:
         if not card.path(name).is_file():
             raise ModelError(f"{directory}: model.json names {name}, which is missing")

@@ -1,12 +1,20 @@
-"""Write a model directory: model.json, tokenizer.json, encoder/decoder ONNX graphs.
+"""Write a model directory: model.json, tokenizer.json, encoder/decoder ONNX graphs, weights.
 
 Graphs are exported with ``torch.onnx.export(..., dynamo=True)`` with dynamic batch and length
 axes. The decoder computes, in-graph, the argmax (`pred_ids`), its probability (`pred_prob`)
 and the probability of the token already at each canvas position (`canvas_prob`), all float32
 even in the fp16 graph, with mask/pad/file banned (logit -inf); `logits` is an extra output for
-evaluation. Each variant is checked against PyTorch on several random shapes. Variants: fp32
-(CPU), fp16 (CUDA) and int8 (onnxruntime dynamic quantization, CPU), kept for the CPU only when it
-is faster and loses no validation exact-match.
+evaluation. It takes a `canvas_mask`, so a batch may pad canvases of several requests. A causal
+model's encoder also takes `past_keys`/`past_values`/`past_mask`: it extends a context encoded
+before (model format 2). Each variant is checked against PyTorch on several random shapes,
+incremental encoding and padded canvases included. Variants: fp32 (CPU), fp16 (CUDA) and int8
+(onnxruntime dynamic quantization, CPU), kept for the CPU only when it is faster and loses no
+validation exact-match.
+
+Weights are stored once (`share_weights`): every kept graph reads its initializers from one
+external-data file, each tensor stored once — in float16 by default, cast to the graph's own
+precision by a Cast node that ONNX Runtime folds away when it loads the session — and a
+tensor that is another's transpose (the tied output head) becomes a Transpose of it.
 """
 
 from __future__ import annotations
@@ -27,10 +35,18 @@ from dlm_lsp.modelcard import GraphFiles, ModelCard, SamplerDefaults, SpecialTok
 from .model import Denoiser
 
 ENCODER_INPUTS = ["input_ids", "position_ids", "attention_mask"]
+PAST_INPUTS = ["past_keys", "past_values", "past_mask"]  # causal models only
 ENCODER_OUTPUTS = ["keys", "values"]
-DECODER_INPUTS = ["canvas_ids", "canvas_position_ids", "keys", "values", "context_mask"]
+DECODER_INPUTS = ["canvas_ids", "canvas_position_ids", "keys", "values", "context_mask",
+                  "canvas_mask"]
 DECODER_OUTPUTS = ["pred_ids", "pred_prob", "canvas_prob", "logits"]
 BUCKETS = (16, 32, 64, 128)
+WEIGHTS_FILE = "weights.bin"
+
+
+def encoder_inputs(model: Denoiser) -> list[str]:
+    """The encoder graph's input names: a causal model's also take the past."""
+    return ENCODER_INPUTS + (PAST_INPUTS if model.cfg.causal else [])
 
 
 class EncoderGraph(nn.Module):
@@ -38,8 +54,10 @@ class EncoderGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, position_ids, attention_mask):
-        return self.model.encode(input_ids, position_ids, attention_mask)
+    def forward(self, input_ids, position_ids, attention_mask, past_keys=None, past_values=None,
+                past_mask=None):
+        return self.model.encode(input_ids, position_ids, attention_mask, past_keys, past_values,
+                                 past_mask)
 
 
 class DecoderGraph(nn.Module):
@@ -50,8 +68,9 @@ class DecoderGraph(nn.Module):
         bias[banned] = float("-inf")
         self.register_buffer("banned_bias", bias)  # (V,) float32
 
-    def forward(self, canvas_ids, canvas_position_ids, keys, values, context_mask):
-        logits = self.model.denoise(canvas_ids, canvas_position_ids, keys, values, context_mask)
+    def forward(self, canvas_ids, canvas_position_ids, keys, values, context_mask, canvas_mask):
+        logits = self.model.denoise(canvas_ids, canvas_position_ids, keys, values, context_mask,
+                                    canvas_mask)
         logits = logits.float() + self.banned_bias  # (B, C, V) float32
         probs = torch.softmax(logits, dim=-1)
         pred_prob, pred_ids = probs.max(dim=-1)  # (B, C)
@@ -59,8 +78,14 @@ class DecoderGraph(nn.Module):
         return pred_ids, pred_prob, canvas_prob, logits
 
 
-def example_inputs(model: Denoiser, B: int, S: int, C: int, dtype=torch.float32, seed: int = 0):
-    """Random encoder and decoder inputs; rows after the first have right padding."""
+def example_inputs(model: Denoiser, B: int, S: int, C: int, dtype=torch.float32, seed: int = 0,
+                   past: int = 0):
+    """Random encoder and decoder inputs; rows after the first have right padding (of the
+    context and, from the third row on, of the canvas).
+
+    The encoder's tuple holds `past` tokens of random past keys/values when the model is
+    causal (its graph takes them; 0 is an empty past).
+    """
     g = torch.Generator().manual_seed(seed)
     cfg = model.cfg
     ids = torch.randint(4, cfg.vocab_size, (B, S), generator=g)
@@ -72,30 +97,42 @@ def example_inputs(model: Denoiser, B: int, S: int, C: int, dtype=torch.float32,
     canvas = torch.randint(0, cfg.vocab_size, (B, C), generator=g)
     canvas[:, ::2] = 1
     canvas_positions = torch.arange(S, S + C).expand(B, C).clone()
+    canvas_mask = torch.ones(B, C, dtype=torch.bool)
+    for row in range(2, B):
+        canvas_mask[row, 1 + int(torch.randint(0, C, (1,), generator=g)):] = False
     L, H, D = cfg.n_layers, cfg.n_heads, cfg.head_dim
     keys = torch.randn(L, B, H, S, D, generator=g).to(dtype)
     values = torch.randn(L, B, H, S, D, generator=g).to(dtype)
-    return (ids, positions, mask), (canvas, canvas_positions, keys, values, mask)
+    encoder = (ids, positions + past, mask)
+    if cfg.causal:
+        encoder += (torch.randn(L, B, H, past, D, generator=g).to(dtype),
+                    torch.randn(L, B, H, past, D, generator=g).to(dtype),
+                    torch.ones(B, past, dtype=torch.long))
+    return encoder, (canvas, canvas_positions, keys, values, mask, canvas_mask)
 
 
 def export_graphs(model: Denoiser, specials: SpecialTokens, out_dir: Path, suffix: str = "",
                   dtype=torch.float32) -> tuple[Path, Path]:
-    """Export encoder{suffix}.onnx and decoder{suffix}.onnx for `model` in `dtype`."""
+    """Export encoder{suffix}.onnx and decoder{suffix}.onnx for `model` in `dtype`, each with
+    its weights inside (`share_weights` moves them out)."""
     model = model.eval()
     if dtype != torch.float32:
         model = _copy(model).to(dtype)
-    enc_args, dec_args = example_inputs(model, 2, 9, 5, dtype)
-    batch, ctx, canvas = (torch.export.Dim.DYNAMIC,) * 3
+    enc_args, dec_args = example_inputs(model, 2, 9, 5, dtype, past=3)
+    batch, ctx, canvas, past = (torch.export.Dim.DYNAMIC,) * 4
     encoder_path = out_dir / f"encoder{suffix}.onnx"
     decoder_path = out_dir / f"decoder{suffix}.onnx"
+    encoder_shapes = {"input_ids": {0: batch, 1: ctx}, "position_ids": {0: batch, 1: ctx},
+                      "attention_mask": {0: batch, 1: ctx}}
+    if model.cfg.causal:
+        encoder_shapes.update({"past_keys": {1: batch, 3: past}, "past_values": {1: batch, 3: past},
+                               "past_mask": {0: batch, 1: past}})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             EncoderGraph(model), enc_args, str(encoder_path), dynamo=True,
-            input_names=ENCODER_INPUTS, output_names=ENCODER_OUTPUTS,
-            dynamic_shapes={"input_ids": {0: batch, 1: ctx}, "position_ids": {0: batch, 1: ctx},
-                            "attention_mask": {0: batch, 1: ctx}},
-            external_data=False, optimize=True, verbose=False,
+            input_names=encoder_inputs(model), output_names=ENCODER_OUTPUTS,
+            dynamic_shapes=encoder_shapes, external_data=False, optimize=True, verbose=False,
         )
         banned = [specials.mask, specials.pad, specials.file]
         torch.onnx.export(
@@ -104,16 +141,104 @@ def export_graphs(model: Denoiser, specials: SpecialTokens, out_dir: Path, suffi
             dynamic_shapes={"canvas_ids": {0: batch, 1: canvas},
                             "canvas_position_ids": {0: batch, 1: canvas},
                             "keys": {1: batch, 3: ctx}, "values": {1: batch, 3: ctx},
-                            "context_mask": {0: batch, 1: ctx}},
+                            "context_mask": {0: batch, 1: ctx},
+                            "canvas_mask": {0: batch, 1: canvas}},
             external_data=False, optimize=True, verbose=False,
         )
     return encoder_path, decoder_path
+
+
+def share_weights(graphs: list[Path], weights: Path, storage=np.float16,
+                  min_elements: int = 1024) -> dict:
+    """Move the graphs' weights into one external-data file, each tensor stored once.
+
+    Every float initializer of at least `min_elements` is stored in `storage` precision (int8
+    ones as they are); a graph of another precision reads it through a Cast, and a tensor
+    equal to a stored one's transpose through a Transpose (ONNX Runtime folds both when it
+    loads the session). Rewrites the graphs in place; returns byte counts before and after.
+    """
+    import hashlib
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    stored: dict[bytes, tuple] = {}  # digest → (name, shape, dtype, offset in the file)
+    blob = bytearray()
+    before = sum(p.stat().st_size for p in graphs)
+
+    def digest(array: np.ndarray) -> bytes:
+        data = np.ascontiguousarray(array)
+        return hashlib.blake2b(str((data.dtype, data.shape)).encode() + data.tobytes(),
+                               digest_size=16).digest()
+
+    for path in graphs:
+        model = onnx.load(str(path))
+        graph = model.graph
+        keep, shared, nodes = [], {}, []
+        for init in graph.initializer:
+            array = numpy_helper.to_array(init)
+            if array.size < min_elements or array.dtype not in (np.float32, np.float16,
+                                                                  np.int8, np.uint8):
+                keep.append(init)
+                continue
+            kept = array.astype(storage) if array.dtype.kind == "f" else array
+            source, transpose = stored.get(digest(kept)), False
+            if source is None and kept.ndim == 2 and digest(kept.T) in stored:
+                source, transpose = stored[digest(kept.T)], True
+            if source is None:
+                name = f"weight_{len(stored)}"
+                blob.extend(b"\0" * (-len(blob) % 64))  # 64-byte aligned tensors
+                source = (name, kept.shape, kept.dtype, len(blob))
+                blob.extend(np.ascontiguousarray(kept).tobytes())
+                stored[digest(kept)] = source
+            name, shape, dtype, offset = source
+            if name not in shared:
+                tensor = onnx.TensorProto(name=name, dims=list(shape),
+                                          data_type=helper.np_dtype_to_tensor_dtype(dtype))
+                length = int(np.prod(shape)) * np.dtype(dtype).itemsize
+                for key, value in (("location", weights.name), ("offset", str(offset)),
+                                   ("length", str(length))):
+                    tensor.external_data.add(key=key, value=value)
+                tensor.data_location = TensorProto.EXTERNAL
+                shared[name] = tensor
+            value = name
+            if transpose:
+                nodes.append(helper.make_node("Transpose", [value], [f"{init.name}__t"],
+                                              perm=[1, 0]))
+                value = f"{init.name}__t"
+            if dtype != array.dtype:
+                nodes.append(helper.make_node("Cast", [value], [init.name],
+                                              to=helper.np_dtype_to_tensor_dtype(array.dtype)))
+            else:
+                nodes.append(helper.make_node("Identity", [value], [init.name]))
+        graph.ClearField("initializer")
+        graph.initializer.extend(keep + list(shared.values()))
+        old = list(graph.node)
+        graph.ClearField("node")
+        graph.node.extend(nodes + old)
+        onnx.save(model, str(path))
+    weights.write_bytes(bytes(blob))
+    after = sum(p.stat().st_size for p in graphs) + weights.stat().st_size
+    return {"graph_bytes_before": before, "bytes_after": after, "weights_bytes": len(blob),
+            "tensors": len(stored), "storage": np.dtype(storage).name}
 
 
 def _copy(model: Denoiser) -> Denoiser:
     clone = Denoiser(model.cfg)
     clone.load_state_dict(model.state_dict())
     return clone.eval()
+
+
+def stored_precision(model: Denoiser, storage=np.float16) -> Denoiser:
+    """A float32 copy of `model` whose weights went through `storage` precision, as the
+    graphs read them from the shared weights file: the reference for exact parity."""
+    clone = _copy(model)
+    kind = torch.float16 if np.dtype(storage) == np.float16 else torch.float32
+    with torch.no_grad():
+        for tensor in clone.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.to(kind).float())
+    return clone
 
 
 def session(path: Path, threads: int = 0, provider: str = "CPUExecutionProvider"):
@@ -127,10 +252,49 @@ def session(path: Path, threads: int = 0, provider: str = "CPUExecutionProvider"
     return ort.InferenceSession(str(path), options, providers=[provider])
 
 
+def encoder_feeds(ids, positions, mask, past_keys=None, past_values=None,
+                  past_mask=None) -> dict:
+    """An encoder graph's feeds (numpy); past_* only for a causal graph (None: no past)."""
+    feeds = {"input_ids": _np(ids), "position_ids": _np(positions), "attention_mask": _np(mask)}
+    if past_keys is not None:
+        feeds.update(past_keys=_np(past_keys), past_values=_np(past_values),
+                     past_mask=_np(past_mask))
+    return feeds
+
+
+def empty_past(session, batch: int) -> dict:
+    """Feeds of an empty past for a causal encoder session ({} for a bidirectional one)."""
+    names = {i.name: i for i in session.get_inputs()}
+    if "past_keys" not in names:
+        return {}
+    L, _, H, _, D = names["past_keys"].shape
+    kind = np.float16 if names["past_keys"].type == "tensor(float16)" else np.float32
+    empty = np.zeros((L, batch, H, 0, D), kind)
+    return {"past_keys": empty, "past_values": empty,
+            "past_mask": np.zeros((batch, 0), np.int64)}
+
+
+def canvas_mask(session, batch: int, length: int) -> dict:
+    """Feeds of an all-real canvas for a decoder session that takes `canvas_mask` (format 2)."""
+    if "canvas_mask" not in {i.name for i in session.get_inputs()}:
+        return {}
+    return {"canvas_mask": np.ones((batch, length), bool)}
+
+
+def _np(value) -> np.ndarray:
+    return value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
 def parity(model: Denoiser, specials: SpecialTokens, encoder_path: Path, decoder_path: Path,
            shapes=((1, 5, 16), (2, 37, 32), (3, 130, 64), (1, 512, 128)),
            dtype=torch.float32) -> dict:
-    """Max abs differences between ONNX Runtime and PyTorch (same dtype) on random shapes."""
+    """Max abs differences between ONNX Runtime and PyTorch (same dtype) on random shapes.
+
+    A causal model's context goes through the ONNX encoder in two calls at a random split,
+    the second extending the first through past keys/values, against PyTorch's one call over
+    the whole; rows from the third on pad their canvases (`canvas_mask`), and only real canvas
+    positions are compared.
+    """
     reference = model.eval() if dtype == torch.float32 else _copy(model).to(dtype)
     torch_dec = DecoderGraph(reference, [specials.mask, specials.pad, specials.file])
     enc, dec = session(encoder_path), session(decoder_path)
@@ -138,27 +302,38 @@ def parity(model: Denoiser, specials: SpecialTokens, encoder_path: Path, decoder
     worst = {"keys": 0.0, "values": 0.0, "logits": 0.0, "pred_prob": 0.0, "canvas_prob": 0.0}
     agree = total = 0
     for seed, (B, S, C) in enumerate(shapes):
-        (ids, pos, mask), (canvas, cpos, _, _, _) = example_inputs(reference, B, S, C, dtype, seed)
+        (ids, pos, mask, *_), (canvas, cpos, _, _, _, canvas_mask) = example_inputs(
+            reference, B, S, C, dtype, seed)
         with torch.no_grad():
             keys, values = reference.encode(ids, pos, mask)
-        got_k, got_v = enc.run(None, {"input_ids": ids.numpy(), "position_ids": pos.numpy(),
-                                      "attention_mask": mask.numpy()})
+        split = S
+        if model.cfg.causal and S > 1:
+            split = int(np.random.default_rng(seed).integers(1, S))
+        first = enc.run(None, {**encoder_feeds(ids[:, :split], pos[:, :split], mask[:, :split]),
+                               **empty_past(enc, B)})
+        got_k, got_v = first
+        if split < S:
+            rest = enc.run(None, encoder_feeds(ids[:, split:], pos[:, split:], mask[:, split:],
+                                               *first, mask[:, :split]))
+            got_k, got_v = (np.concatenate([a, b], axis=3) for a, b in zip(first, rest))
         real = mask.bool().numpy()[None, :, None, :, None]  # padded keys are never attended
         worst["keys"] = max(worst["keys"], _diff(got_k, keys.float().numpy(), real))
         worst["values"] = max(worst["values"], _diff(got_v, values.float().numpy(), real))
         with torch.no_grad():
-            ref = torch_dec(canvas, cpos, keys, values, mask)
+            ref = torch_dec(canvas, cpos, keys, values, mask, canvas_mask)
         got = dec.run(None, {"canvas_ids": canvas.numpy(), "canvas_position_ids": cpos.numpy(),
                              "keys": keys.numpy().astype(np_dtype),
                              "values": values.numpy().astype(np_dtype),
-                             "context_mask": mask.numpy()})
+                             "context_mask": mask.numpy(), "canvas_mask": canvas_mask.numpy()})
         outputs = dict(zip(DECODER_OUTPUTS, got))
+        rows = canvas_mask.numpy()
         for name in ("pred_prob", "canvas_prob", "logits"):
+            where = rows[..., None] if name == "logits" else rows
             worst[name] = max(worst[name], _diff(outputs[name], ref[DECODER_OUTPUTS.index(name)]
-                                                 .float().numpy()))
+                                                 .float().numpy(), where))
         assert outputs["pred_prob"].dtype == np.float32 and outputs["pred_ids"].dtype == np.int64
-        agree += int((outputs["pred_ids"] == ref[0].numpy()).sum())
-        total += ref[0].numel()
+        agree += int((outputs["pred_ids"] == ref[0].numpy())[rows].sum())
+        total += int(rows.sum())
     worst = {k: float(f"{v:.3g}") for k, v in worst.items()}
     worst["pred_ids_agree"] = round(agree / total, 5)
     worst["shapes"] = [list(s) for s in shapes]
@@ -201,19 +376,20 @@ def compare_timings(variants: dict, threads: int = 2, context: int = 512, canvas
     runs = {}
     for name, (encoder_path, decoder_path, kv_dtype) in variants.items():
         enc, dec = session(encoder_path, threads), session(decoder_path, threads)
-        keys, values = enc.run(None, feeds)
+        enc_feeds = {**feeds, **empty_past(enc, 1)}
+        keys, values = enc.run(None, enc_feeds)
         dec_feeds = {"canvas_ids": np.ones((1, C), np.int64),
                      "canvas_position_ids": np.arange(S, S + C, dtype=np.int64)[None],
                      "keys": keys.astype(kv_dtype), "values": values.astype(kv_dtype),
-                     "context_mask": np.ones((1, S), np.int64)}
+                     "context_mask": np.ones((1, S), np.int64), **canvas_mask(dec, 1, C)}
         for _ in range(2):
-            enc.run(None, feeds)
+            enc.run(None, enc_feeds)
             dec.run(outputs, dec_feeds)
-        runs[name] = (enc, dec, dec_feeds, [], [])
+        runs[name] = (enc, enc_feeds, dec, dec_feeds, [], [])
     for _ in range(repeats):
-        for enc, dec, dec_feeds, encoder_ms, decoder_ms in runs.values():
+        for enc, enc_feeds, dec, dec_feeds, encoder_ms, decoder_ms in runs.values():
             start = time.perf_counter()
-            enc.run(None, feeds)
+            enc.run(None, enc_feeds)
             encoder_ms.append(1000 * (time.perf_counter() - start))
             start = time.perf_counter()
             dec.run(outputs, dec_feeds)
@@ -223,7 +399,7 @@ def compare_timings(variants: dict, threads: int = 2, context: int = 512, canvas
                    "decoder_step_ms": round(float(np.median(d)), 2),
                    "decoder_step_min_ms": round(float(np.min(d)), 2),
                    "context": S, "canvas": C, "threads": threads, "repeats": repeats}
-            for name, (_, _, _, e, d) in runs.items()}
+            for name, (_, _, _, _, e, d) in runs.items()}
 
 
 def onnx_exact_match(encoder_path: Path, decoder_path: Path, examples, specials: SpecialTokens,
@@ -238,10 +414,11 @@ def onnx_exact_match(encoder_path: Path, decoder_path: Path, examples, specials:
         ctx = np.array([example.context_ids], np.int64)
         keys, values = enc.run(None, {"input_ids": ctx,
                                       "position_ids": np.array([example.context_positions]),
-                                      "attention_mask": np.ones_like(ctx)})
+                                      "attention_mask": np.ones_like(ctx), **empty_past(enc, 1)})
         canvas = np.full((1, len(example.canvas_ids)), specials.mask, np.int64)
         feeds = {"canvas_position_ids": np.array([example.canvas_positions], np.int64),
-                 "keys": keys, "values": values, "context_mask": np.ones_like(ctx)}
+                 "keys": keys, "values": values, "context_mask": np.ones_like(ctx),
+                 **canvas_mask(dec, 1, canvas.shape[1])}
         for step in range(max_steps):
             if not (canvas == specials.mask).any():
                 break
@@ -302,6 +479,8 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=30, help="timed runs per graph")
     p.add_argument("--cpu-variant", choices=["auto", "fp32", "int8"], default="auto")
     p.add_argument("--no-fp16", action="store_true", help="skip the CUDA fp16 variant")
+    p.add_argument("--weights-dtype", choices=["float16", "float32"], default="float16",
+                   help="precision the weights are stored in, once for every graph")
     p.add_argument("--note", default="", help="free text stored under training.note")
 
 
@@ -402,10 +581,20 @@ def export_model_dir(args) -> dict:
         keep[enc16], keep[dec16] = "encoder.fp16.onnx", "decoder.fp16.onnx"
         graphs["cuda"] = GraphFiles(encoder="encoder.fp16.onnx", decoder="decoder.fp16.onnx",
                                     dtype="float16")
-    for old in out.glob("*.onnx"):
-        old.unlink()
+    storage = np.float16 if args.weights_dtype == "float16" else np.float32
+    report["weights"] = share_weights(list(keep), work / WEIGHTS_FILE, storage)
+    print("weights:", report["weights"])
+    if cpu == "fp32":  # the CPU graph as shipped: exact against its stored weights
+        report["parity_cpu_stored_weights"] = parity(
+            stored_precision(model, storage), specials, enc32, dec32)
+        report["parity_cpu_vs_checkpoint"] = parity(model, specials, enc32, dec32)
+        print("parity cpu (stored weights / checkpoint):", report["parity_cpu_stored_weights"],
+              report["parity_cpu_vs_checkpoint"])
+    for old in [*out.glob("*.onnx"), out / WEIGHTS_FILE]:
+        old.unlink(missing_ok=True)
     for src, name in keep.items():
         shutil.move(str(src), out / name)
+    shutil.move(str(work / WEIGHTS_FILE), out / WEIGHTS_FILE)
     shutil.rmtree(work)
     tokenizer.save(str(out / "tokenizer.json"))
 
@@ -420,8 +609,11 @@ def export_model_dir(args) -> dict:
         sampler=SamplerDefaults(threshold=recommended["threshold"],
                                 max_steps=recommended["max_steps"], remask_floor=0.0),
         graphs=graphs,
+        context_attention=cfg.context_attention,
+        weights=WEIGHTS_FILE,
         extra={
-            "architecture": {"type": "bidirectional transformer denoiser (MDLM/LLaDA-style)",
+            "architecture": {"type": f"transformer denoiser (MDLM/LLaDA-style), "
+                                     f"{cfg.context_attention} context",
                              "d_model": cfg.d_model, "mlp_hidden": cfg.mlp_hidden,
                              "mlp": "SwiGLU", "norm": "RMSNorm", "positions": "RoPE",
                              "rope_base": cfg.rope_base, "tied_embeddings": True,
@@ -488,6 +680,11 @@ def verify_from_args(args) -> int:
         cpu = card.graphs["cpu"]
         report["parity_cpu"] = parity(model, specials, card.path(cpu.encoder),
                                       card.path(cpu.decoder))
+        storage = card.extra.get("export", {}).get("weights", {}).get("storage")
+        if storage:
+            report["parity_cpu_stored_weights"] = parity(
+                stored_precision(model, np.dtype(storage)), specials, card.path(cpu.encoder),
+                card.path(cpu.decoder))
     print(json.dumps(report, indent=2))
     return 0
 

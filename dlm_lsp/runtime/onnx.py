@@ -5,6 +5,11 @@ Provider choice: CUDA when the installed onnxruntime offers it and a session rea
 when CUDA libraries are missing), else CPU. Both paths use IO binding: on CUDA the context's
 keys/values stay on the device between denoise steps and only the small per-position outputs
 come back to the host; on the CPU binding simply avoids copying them per step.
+
+A causal model (format 2) can extend an encoded context: `extend` encodes only the context
+tokens from the first one that differs, against the keys/values of those before it (the
+engine keeps one such state per document). `encode_batch` and `denoise_step_batch` run several
+requests in one call, contexts and canvases right-padded under masks.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from ..modelcard import GraphFiles, ModelCard, ModelError
 log = logging.getLogger(__name__)
 
 ENCODER_INPUTS = ("input_ids", "position_ids", "attention_mask")
+PAST_INPUTS = ("past_keys", "past_values", "past_mask")  # format 2, causal models
 ENCODER_OUTPUTS = ("keys", "values")
 DECODER_INPUTS = ("canvas_ids", "canvas_position_ids", "keys", "values", "context_mask")
+CANVAS_MASK = "canvas_mask"  # format 2 decoders: padded canvases in a batch
 DECODER_OUTPUTS = ("pred_ids", "pred_prob", "canvas_prob")
 
 
@@ -61,13 +68,31 @@ def _cuda_driver_present() -> bool:
         return os.name == "nt"  # Windows: let ORT try
 
 
-@dataclass
+@dataclass(frozen=True)
 class ContextState:
-    """Encoded context of one request: keys/values as OrtValues plus the context mask."""
+    """Encoded contexts: keys/values (L, B, H, S, D) and the context mask (B, S) int64.
+
+    On the CPU the keys/values are numpy arrays, on CUDA device OrtValues. A state is never
+    changed once made: extending one makes another, so a request that stops half-way leaves
+    the one it started from intact.
+    """
 
     keys: Any
     values: Any
     context_mask: np.ndarray
+
+    @property
+    def length(self) -> int:
+        """Context tokens (the padded length, for a batch)."""
+        return int(self.context_mask.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the keys and values hold."""
+        if isinstance(self.keys, np.ndarray):
+            return self.keys.nbytes + self.values.nbytes
+        width = 2 if self.keys.data_type() == "tensor(float16)" else 4
+        return 2 * width * int(np.prod(self.keys.shape()))
 
 
 class OnnxDenoiser:
@@ -101,6 +126,11 @@ class OnnxDenoiser:
         self._device = "cuda" if self.provider == "CUDA" else "cpu"
         self._check_signatures()
         self.returns_logits = "logits" in {o.name for o in self.decoder.get_outputs()}
+        encoder_inputs = {i.name: i for i in self.encoder.get_inputs()}
+        self._takes_past = set(PAST_INPUTS) <= set(encoder_inputs)
+        self._pads_canvas = CANVAS_MASK in {i.name for i in self.decoder.get_inputs()}
+        self._kv_dtype = np.float16 if self.graphs.dtype == "float16" else np.float32
+        self._kv_shape = (card.n_layers, card.n_heads, card.head_dim)
         log.info(
             "model %s %s on %s (%s)", card.name, card.version, self.provider, self.graphs.encoder
         )
@@ -137,20 +167,91 @@ class OnnxDenoiser:
         if not set(DECODER_INPUTS) <= names or not set(DECODER_OUTPUTS) <= outs:
             raise ModelError(f"{self.graphs.decoder}: inputs/outputs are not the decoder contract")
 
+    @property
+    def incremental(self) -> bool:
+        """Whether `extend` can reuse an encoded head of the context (a causal model)."""
+        return self._takes_past and self.card.causal
+
     def encode(self, layout: Layout) -> ContextState:
-        """Run the encoder once; keys/values stay where the provider computed them."""
-        ids = np.asarray([layout.context_ids], dtype=np.int64)
-        positions = np.asarray([layout.context_positions], dtype=np.int64)
-        mask = np.ones_like(ids)
+        """Encode one request's whole context."""
+        return self.encode_batch([layout])
+
+    def encode_batch(self, layouts: list[Layout]) -> ContextState:
+        """Encode several contexts in one call, right-padded to the longest (mask 0)."""
+        length = max(len(layout.context_ids) for layout in layouts)
+        ids = np.full((len(layouts), length), self.card.special_tokens.pad, np.int64)
+        positions = np.zeros_like(ids)
+        mask = np.zeros_like(ids)
+        for row, layout in enumerate(layouts):
+            n = len(layout.context_ids)
+            ids[row, :n] = layout.context_ids
+            positions[row, :n] = layout.context_positions
+            mask[row, :n] = 1
+        keys, values = self._run_encoder(ids, positions, mask, None, None)
+        return ContextState(keys=keys, values=values, context_mask=mask)
+
+    def extend(self, state: ContextState | None, keep: int, layout: Layout) -> ContextState:
+        """The state of `layout`'s context (one request) from `state`, a state whose first
+        `keep` tokens are `layout`'s first `keep` (same ids, same positions): only the rest
+        runs through the encoder. Needs `incremental`; `state` itself is left as it was."""
+        total = len(layout.context_ids)
+        if state is None or keep <= 0:
+            return self.encode(layout)
+        if not self.incremental:
+            raise ValueError("a bidirectional context cannot be extended: encode it whole")
+        keep = min(keep, total, state.length)
+        head_keys, head_values = self._host(state.keys), self._host(state.values)
+        if keep < total:
+            ids = np.asarray([layout.context_ids[keep:]], np.int64)
+            positions = np.asarray([layout.context_positions[keep:]], np.int64)
+            past_mask = np.zeros((1, state.length), np.int64)  # the old tail is not attended
+            past_mask[0, :keep] = 1
+            new_keys, new_values = self._run_encoder(
+                ids, positions, np.ones_like(ids), (head_keys, head_values), past_mask)
+            keys = np.concatenate([head_keys[:, :, :, :keep], self._host(new_keys)], axis=3)
+            values = np.concatenate([head_values[:, :, :, :keep], self._host(new_values)], axis=3)
+        else:
+            keys = np.ascontiguousarray(head_keys[:, :, :, :keep])
+            values = np.ascontiguousarray(head_values[:, :, :, :keep])
+        return ContextState(keys=self._device_value(keys), values=self._device_value(values),
+                            context_mask=np.ones((1, total), np.int64))
+
+    def _run_encoder(self, ids, positions, mask, past, past_mask) -> tuple[Any, Any]:
+        """One encoder call; `past` (keys, values) with `past_mask` or None (an empty past)."""
         binding = self.encoder.io_binding()
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("position_ids", positions)
         binding.bind_cpu_input("attention_mask", mask)
+        if self._takes_past:
+            if past is None:
+                L, H, D = self._kv_shape
+                empty = np.zeros((L, ids.shape[0], H, 0, D), self._kv_dtype)
+                past, past_mask = (empty, empty), np.zeros((ids.shape[0], 0), np.int64)
+            for name, value in zip(PAST_INPUTS, (*past, past_mask)):
+                if isinstance(value, np.ndarray):
+                    binding.bind_cpu_input(name, np.ascontiguousarray(value))
+                else:
+                    binding.bind_ortvalue_input(name, value)
+        if self._device == "cpu":  # numpy out: extending and caching need host arrays
+            binding.bind_output("keys", "cpu")
+            binding.bind_output("values", "cpu")
+            self.encoder.run_with_iobinding(binding)
+            keys, values = binding.copy_outputs_to_cpu()
+            return keys, values
         binding.bind_output("keys", self._device)
         binding.bind_output("values", self._device)
         self.encoder.run_with_iobinding(binding)
         keys, values = binding.get_outputs()
-        return ContextState(keys=keys, values=values, context_mask=mask)
+        return keys, values
+
+    @staticmethod
+    def _host(value: Any) -> np.ndarray:
+        return value if isinstance(value, np.ndarray) else value.numpy()
+
+    def _device_value(self, array: np.ndarray) -> Any:
+        if self._device == "cpu":
+            return array
+        return self._ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0)
 
     def denoise_step(
         self, state: object, canvas_ids: np.ndarray, canvas_positions: np.ndarray,
@@ -159,14 +260,54 @@ class OnnxDenoiser:
         """One decoder call; only the per-position argmax and probabilities come back, and
         the full logits when asked (a few steps per request at most)."""
         assert isinstance(state, ContextState)
+        return self._run_decoder(state, canvas_ids, canvas_positions, None, need_logits)
+
+    def denoise_step_batch(
+        self, state: ContextState, canvas_ids: np.ndarray, canvas_positions: np.ndarray,
+        canvas_mask: np.ndarray, need_logits: bool = False,
+    ) -> tuple[np.ndarray, ...]:
+        """One decoder call for a batch (B, C) of canvases against `encode_batch`'s state;
+        `canvas_mask` (B, C) marks real canvas positions (outputs at the others mean
+        nothing). A format-1 decoder cannot pad canvases: padded rows then run one by one."""
+        canvas_mask = np.asarray(canvas_mask, dtype=bool)
+        if self._pads_canvas or canvas_mask.all():
+            return self._run_decoder(state, canvas_ids, canvas_positions, canvas_mask,
+                                     need_logits)
+        outputs = [np.zeros(canvas_mask.shape, np.int64), np.zeros(canvas_mask.shape, np.float32),
+                   np.zeros(canvas_mask.shape, np.float32)]
+        if need_logits:
+            outputs.append(np.zeros((*canvas_mask.shape, self.card.vocab_size), np.float32))
+        keys, values = self._host(state.keys), self._host(state.values)
+        for row in range(canvas_mask.shape[0]):
+            real = np.flatnonzero(canvas_mask[row])
+            alone = ContextState(
+                keys=self._device_value(np.ascontiguousarray(keys[:, row : row + 1])),
+                values=self._device_value(np.ascontiguousarray(values[:, row : row + 1])),
+                context_mask=state.context_mask[row : row + 1])
+            got = self._run_decoder(alone, canvas_ids[row : row + 1, real],
+                                    canvas_positions[row : row + 1, real], None, need_logits)
+            for out, value in zip(outputs, got):
+                out[row, real] = value[0]
+        return tuple(outputs)
+
+    def _run_decoder(self, state: ContextState, canvas_ids, canvas_positions, canvas_mask,
+                     need_logits: bool) -> tuple[np.ndarray, ...]:
         binding = self.decoder.io_binding()
-        binding.bind_cpu_input("canvas_ids", np.ascontiguousarray(canvas_ids, dtype=np.int64))
+        canvas_ids = np.ascontiguousarray(canvas_ids, dtype=np.int64)
+        binding.bind_cpu_input("canvas_ids", canvas_ids)
         binding.bind_cpu_input(
             "canvas_position_ids", np.ascontiguousarray(canvas_positions, dtype=np.int64)
         )
-        binding.bind_ortvalue_input("keys", state.keys)
-        binding.bind_ortvalue_input("values", state.values)
+        for name, value in (("keys", state.keys), ("values", state.values)):
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, value)
+            else:
+                binding.bind_ortvalue_input(name, value)
         binding.bind_cpu_input("context_mask", state.context_mask)
+        if self._pads_canvas:
+            if canvas_mask is None:
+                canvas_mask = np.ones(canvas_ids.shape, bool)
+            binding.bind_cpu_input(CANVAS_MASK, np.ascontiguousarray(canvas_mask, dtype=bool))
         names = DECODER_OUTPUTS + (("logits",) if need_logits else ())
         for name in names:
             binding.bind_output(name, "cpu")

@@ -8,7 +8,9 @@ import torch
 
 from dlm_lsp.modelcard import SpecialTokens, load_card
 from model_export.export import (DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUTS,
-                                 ENCODER_OUTPUTS, export_graphs, parity, session)
+                                 ENCODER_OUTPUTS, PAST_INPUTS, empty_past, export_graphs,
+                                 parity, session, share_weights, stored_precision,
+                                 _diff)
 from model_export.model import Denoiser, DenoiserConfig
 
 SPECIALS = SpecialTokens(pad=0, mask=1, end_of_span=2, file=3)
@@ -40,7 +42,7 @@ def test_fp32_parity_on_random_shapes(tiny_model, fp32_graphs):
 
 def test_graph_io_contract(tiny_model, fp32_graphs):
     encoder, decoder = (session(p) for p in fp32_graphs)
-    assert [i.name for i in encoder.get_inputs()] == ENCODER_INPUTS
+    assert [i.name for i in encoder.get_inputs()] == ENCODER_INPUTS + PAST_INPUTS
     assert [o.name for o in encoder.get_outputs()] == ENCODER_OUTPUTS
     assert [i.name for i in decoder.get_inputs()] == DECODER_INPUTS
     assert [o.name for o in decoder.get_outputs()] == DECODER_OUTPUTS
@@ -48,12 +50,13 @@ def test_graph_io_contract(tiny_model, fp32_graphs):
     keys, values = encoder.run(None, {
         "input_ids": np.full((B, S), 7, np.int64),
         "position_ids": np.tile(np.arange(S), (B, 1)),
-        "attention_mask": np.ones((B, S), np.int64)})
+        "attention_mask": np.ones((B, S), np.int64), **empty_past(encoder, B)})
     assert keys.shape == (2, B, 2, S, 16) and keys.dtype == np.float32
     canvas = np.full((B, C), SPECIALS.mask, np.int64)
     pred_ids, pred_prob, canvas_prob, logits = decoder.run(None, {
         "canvas_ids": canvas, "canvas_position_ids": np.tile(np.arange(S, S + C), (B, 1)),
-        "keys": keys, "values": values, "context_mask": np.ones((B, S), np.int64)})
+        "keys": keys, "values": values, "context_mask": np.ones((B, S), np.int64),
+        "canvas_mask": np.ones((B, C), bool)})
     assert pred_ids.dtype == np.int64 and pred_prob.dtype == np.float32
     assert canvas_prob.dtype == np.float32 and logits.shape == (B, C, 300)
     assert not np.isin(pred_ids, [SPECIALS.mask, SPECIALS.pad, SPECIALS.file]).any()
@@ -92,12 +95,113 @@ def test_torch_denoiser_matches_decoder_graph(tiny_model, fp32_graphs):
     ctx = np.array([layout.context_ids], np.int64)
     keys, values = encoder.run(None, {"input_ids": ctx,
                                       "position_ids": np.array([layout.context_positions]),
-                                      "attention_mask": np.ones_like(ctx)})
+                                      "attention_mask": np.ones_like(ctx),
+                                      **empty_past(encoder, 1)})
     got = decoder.run(["pred_ids", "pred_prob", "canvas_prob"], {
         "canvas_ids": canvas, "canvas_position_ids": positions, "keys": keys, "values": values,
-        "context_mask": np.ones_like(ctx)})
+        "context_mask": np.ones_like(ctx), "canvas_mask": np.ones(canvas.shape, bool)})
     assert (got[0] == want[0]).all()
     assert np.abs(got[1] - want[1]).max() < 1e-5 and np.abs(got[2] - want[2]).max() < 1e-5
+
+
+def test_onnx_encoder_in_pieces_equals_torch_at_once(tiny_model, fp32_graphs):
+    """A causal context encoded through the graph in several calls at random split points,
+    each extending the last through past keys/values, equals PyTorch's single call."""
+    encoder, decoder = (session(p) for p in fp32_graphs)
+    rng = np.random.default_rng(7)
+    for trial in range(4):
+        S, C = int(rng.integers(8, 200)), 16
+        ids = torch.from_numpy(rng.integers(4, 300, (1, S)))
+        positions = torch.arange(S)[None]
+        with torch.no_grad():
+            want_k, want_v = tiny_model.encode(ids, positions, torch.ones_like(ids))
+        cuts = sorted({0, S, *rng.integers(1, S, 3).tolist()})
+        past = empty_past(encoder, 1)
+        for lo, hi in zip(cuts, cuts[1:]):
+            keys, values = encoder.run(None, {
+                "input_ids": ids[:, lo:hi].numpy(), "position_ids": positions[:, lo:hi].numpy(),
+                "attention_mask": np.ones((1, hi - lo), np.int64), **past})
+            past = {"past_keys": np.concatenate([past["past_keys"], keys], 3),
+                    "past_values": np.concatenate([past["past_values"], values], 3),
+                    "past_mask": np.ones((1, hi), np.int64)}
+        assert np.abs(past["past_keys"] - want_k.numpy()).max() < 1e-5, cuts
+        assert np.abs(past["past_values"] - want_v.numpy()).max() < 1e-5, cuts
+        feeds = {"canvas_ids": np.full((1, C), SPECIALS.mask, np.int64),
+                 "canvas_position_ids": np.arange(S, S + C)[None], "context_mask":
+                 np.ones((1, S), np.int64), "canvas_mask": np.ones((1, C), bool)}
+        pieces = decoder.run(None, {**feeds, "keys": past["past_keys"],
+                                    "values": past["past_values"]})
+        whole = decoder.run(None, {**feeds, "keys": want_k.numpy(), "values": want_v.numpy()})
+        assert (pieces[0] == whole[0]).all() and _diff(pieces[3], whole[3]) < 1e-4
+
+
+def test_padded_canvases_answer_as_each_request_alone(tiny_model, fp32_graphs):
+    """A batch of two requests, the second's canvas padded: its real positions get what the
+    request gets on its own (issue 15's batched sampler relies on it)."""
+    encoder, decoder = (session(p) for p in fp32_graphs)
+    rng = np.random.default_rng(3)
+    ctx = [rng.integers(4, 300, n) for n in (30, 12)]
+    canvas = [np.full(16, SPECIALS.mask), np.array([SPECIALS.mask, 9, 10, SPECIALS.mask])]
+    alone = []
+    for c, x in zip(canvas, ctx):
+        feeds = {"input_ids": x[None], "position_ids": np.arange(len(x))[None],
+                 "attention_mask": np.ones((1, len(x)), np.int64), **empty_past(encoder, 1)}
+        keys, values = encoder.run(None, feeds)
+        alone.append(decoder.run(None, {
+            "canvas_ids": c[None], "canvas_position_ids": np.arange(len(x), len(x) + len(c))[None],
+            "keys": keys, "values": values, "context_mask": np.ones((1, len(x)), np.int64),
+            "canvas_mask": np.ones((1, len(c)), bool)}))
+    ids = np.zeros((2, 30), np.int64)
+    mask = np.zeros((2, 30), np.int64)
+    positions = np.zeros((2, 30), np.int64)
+    canvas_ids = np.full((2, 16), SPECIALS.pad, np.int64)
+    canvas_positions = np.zeros((2, 16), np.int64)
+    for row, (c, x) in enumerate(zip(canvas, ctx)):
+        ids[row, :len(x)], mask[row, :len(x)], positions[row, :len(x)] = x, 1, np.arange(len(x))
+        canvas_ids[row, :len(c)] = c
+        canvas_positions[row, :len(c)] = np.arange(len(x), len(x) + len(c))
+    keys, values = encoder.run(None, {"input_ids": ids, "position_ids": positions,
+                                      "attention_mask": mask, **empty_past(encoder, 2)})
+    batch = decoder.run(None, {"canvas_ids": canvas_ids, "canvas_position_ids": canvas_positions,
+                               "keys": keys, "values": values, "context_mask": mask,
+                               "canvas_mask": canvas_ids != SPECIALS.pad})
+    for row, c in enumerate(canvas):
+        n = len(c)
+        assert (batch[0][row, :n] == alone[row][0][0]).all()
+        assert _diff(batch[3][row, :n], alone[row][3][0]) < 1e-4
+
+
+def test_shared_weights_store_each_tensor_once_and_keep_parity(tiny_model, tmp_path):
+    """Four graphs (fp32 and fp16, encoder and decoder) over one float16 weights file: the
+    file holds each parameter once, the graphs hold no large tensor, and the fp32 graphs are
+    exact against the stored weights and agree with the checkpoint's argmax."""
+    fp32 = export_graphs(tiny_model, SPECIALS, tmp_path)
+    fp16 = export_graphs(tiny_model, SPECIALS, tmp_path, ".fp16", torch.float16)
+    report = share_weights([*fp32, *fp16], tmp_path / "weights.bin", np.float16)
+    params = sum(p.numel() for p in tiny_model.parameters() if p.numel() >= 1024)
+    assert report["weights_bytes"] <= 2 * params + 64 * report["tensors"], report
+    assert report["tensors"] == 1 + 5 * tiny_model.cfg.n_layers  # embedding once: tied head
+    import onnx
+
+    for path in [*fp32, *fp16]:
+        inline = [i for i in onnx.load(str(path), load_external_data=False).graph.initializer
+                  if i.data_location != onnx.TensorProto.EXTERNAL]
+        assert all(np.prod(i.dims) < 1024 or i.name.endswith("bias") for i in inline), path
+    exact = parity(stored_precision(tiny_model), SPECIALS, *fp32)
+    assert exact["logits"] < 1e-4 and exact["keys"] < 1e-4 and exact["pred_ids_agree"] == 1.0
+    assert parity(tiny_model, SPECIALS, *fp32)["pred_ids_agree"] == 1.0
+    assert parity(tiny_model, SPECIALS, *fp16, dtype=torch.float16,
+                  shapes=((1, 5, 16), (2, 37, 32)))["pred_prob"] < 1e-2
+
+
+def test_bidirectional_model_exports_without_a_past(tmp_path):
+    torch.manual_seed(1)
+    model = Denoiser(DenoiserConfig(vocab_size=300, n_layers=1, n_heads=2, head_dim=16,
+                                    mlp_hidden=48, context_attention="bidirectional")).eval()
+    encoder, decoder = export_graphs(model, SPECIALS, tmp_path)
+    assert [i.name for i in session(encoder).get_inputs()] == ENCODER_INPUTS
+    report = parity(model, SPECIALS, encoder, decoder, shapes=((1, 5, 16), (3, 40, 32)))
+    assert report["logits"] < 1e-4 and report["pred_ids_agree"] == 1.0
 
 
 @pytest.mark.slow
