@@ -280,6 +280,8 @@ class OnnxDenoiser:
         keys, values = self._host(state.keys), self._host(state.values)
         for row in range(canvas_mask.shape[0]):
             real = np.flatnonzero(canvas_mask[row])
+            if real.size == 0:  # a finished request riding along in the sampler's batch
+                continue
             alone = ContextState(
                 keys=self._device_value(np.ascontiguousarray(keys[:, row : row + 1])),
                 values=self._device_value(np.ascontiguousarray(values[:, row : row + 1])),
