@@ -71,6 +71,8 @@ class PlanSettings:
     max_context: int | None = None  # card.max_context: file token + all segments must fit
     max_position: int | None = None  # card.max_position: context + canvases must fit
     max_block_lines: int = 16  # a block completion stops after this many lines
+    prefix_step: int = 0  # > 0: the prefix window's start moves in steps of about this many
+    #                       tokens (hysteresis; see `_windows`), so positions stay put while typing
     max_statement_lines: int = 8  # so does the rest of a statement
     line_canvas: int = 16  # target canvas tokens per scope; the smallest bucket >= is used
     statement_canvas: int = 32
@@ -454,13 +456,20 @@ def _trim_right(text: str, start: int, end: int, budget: int, count_tokens) -> i
 
 def _windows(
     text: str, first: int, last: int, fixed_tokens: int, canvas_total: int,
-    settings: PlanSettings, count_tokens: CountTokens,
+    settings: PlanSettings, count_tokens: CountTokens, anchor: int | None = None,
 ) -> tuple[int, int]:
     """The window [start, end) around the holes spanning [first, last).
 
     `fixed_tokens` are the segments between holes (always sent). The remaining budget is split
     prefix:suffix as the settings say; what one side cannot use (start or end of the file) goes
     to the other, so neither starves.
+
+    With `settings.prefix_step` the prefix's start has hysteresis: `anchor` (the last
+    request's start in this document) is kept while the prefix from it fits and is no more
+    than two steps short of the room; otherwise the start moves so that the prefix is one step
+    short, leaving room to type. A causal model's cached context then stays valid (same
+    tokens at the same positions) for hundreds of keystrokes instead of one line; the suffix
+    (re-encoded at every keystroke) then never takes the prefix's unused budget.
     """
     cap = settings.prefix_tokens + settings.suffix_tokens
     if settings.max_context is not None:
@@ -483,10 +492,29 @@ def _windows(
         tail_cost = suffix_budget
     end = _take_lines_after(text, tail, len(text), suffix_budget - tail_cost, count_tokens)
     suffix_used = count_tokens(text[last:end])
-    start = _take_lines_before(text, head, 0, cap - suffix_used - head_cost, count_tokens)
-    prefix_used = count_tokens(text[start:first])
-    end = _take_lines_after(text, end, len(text), cap - prefix_used - suffix_used, count_tokens)
+    room = cap - suffix_used
+    step = min(settings.prefix_step, room // 4)
+    start = _kept_anchor(text, anchor, head, first, room, step, count_tokens)
+    if start is None:
+        start = _take_lines_before(text, head, 0, room - step - head_cost, count_tokens)
+    # what the prefix cannot use goes to the suffix, but not with hysteresis: a causal
+    # model re-encodes the whole suffix on every keystroke, so it stays within its budget
+    if step == 0:
+        prefix_used = count_tokens(text[start:first])
+        end = _take_lines_after(text, end, len(text), cap - prefix_used - suffix_used,
+                                count_tokens)
     return _fit_exactly(text, start, first, last, end, cap, count_tokens)
+
+
+def _kept_anchor(text, anchor, head, first, room, step, count_tokens) -> int | None:
+    """`anchor` when the prefix from it still fits `room` tokens, at most two steps short
+    (any length when it is the start of the text); None when the start must move."""
+    if step <= 0 or anchor is None or not 0 <= anchor <= head or line_start(text, anchor) != anchor:
+        return None
+    cost = count_tokens(text[anchor:first])
+    if cost <= room and (anchor == 0 or cost >= room - 2 * step):
+        return anchor
+    return None
 
 
 def _fit_exactly(text, start, first, last, end, cap, count_tokens) -> tuple[int, int]:
@@ -522,8 +550,10 @@ def plan_completion(
     settings: PlanSettings = PlanSettings(),
     count_tokens: CountTokens,
     language_id: str | None = None,
+    anchor: int | None = None,
 ) -> InfillPlan:
-    """Plan one completion at `offset` (one hole; segments = [prefix, suffix])."""
+    """Plan one completion at `offset` (one hole; segments = [prefix, suffix]); `anchor` is
+    the last window start in this document (see `_windows`)."""
     if not 0 <= offset <= len(text):
         raise PlanError(f"offset {offset} outside the document (length {len(text)})")
     language = language_id or (syntax.language_id if syntax else "plaintext")
@@ -532,7 +562,8 @@ def plan_completion(
         start=offset, end=offset, scope=shape.scope,
         canvas_length=bucket_for(buckets, shape.target), stop=shape.stop,
     )
-    start, end = _windows(text, offset, offset, 0, hole.canvas_length, settings, count_tokens)
+    start, end = _windows(text, offset, offset, 0, hole.canvas_length, settings, count_tokens,
+                          anchor)
     return InfillPlan(
         language_id=language, segments=[text[start:offset], text[offset:end]], holes=[hole],
         window_start=start, window_end=end,

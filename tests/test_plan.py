@@ -308,3 +308,48 @@ def test_any_cursor_gets_a_plan_that_tiles_the_window(text, data, language):
     assert plan.window_start + len(plan.segments[0]) == offset
     assert sum(by_thirds(s) for s in plan.segments) + 1 <= 10
     assert plan.holes[0].canvas_length in BUCKETS
+
+
+def _typing(text: str, offset: int, typed: str, settings: PlanSettings):
+    """Type `typed` at `offset` one character at a time, planning after each keystroke with
+    the last plan's window start as the anchor; yield (text, offset, plan)."""
+    anchor = None
+    for index in range(len(typed) + 1):
+        now = text[:offset] + typed[:index] + text[offset:]
+        plan = plan_completion(now, offset + index, None, None, buckets=BUCKETS,
+                               settings=settings, count_tokens=by_thirds,
+                               language_id="plaintext", anchor=anchor)
+        anchor = plan.window_start
+        yield now, offset + index, plan
+
+
+def test_prefix_start_moves_in_steps_while_typing():
+    """With hysteresis the window start stays put for many keystrokes and then jumps by about
+    a step; without it the start follows the cursor line by line."""
+    text = LONG
+    offset = text.index("\n", len(text) // 2)
+    typed = "\n".join(f"new_{i} = {i * 7}" for i in range(40))
+    steady = PlanSettings(prefix_tokens=120, suffix_tokens=30, prefix_step=30)
+    sliding = PlanSettings(prefix_tokens=120, suffix_tokens=30)
+    starts = [plan.window_start for _, _, plan in _typing(text, offset, typed, steady)]
+    slides = [plan.window_start for _, _, plan in _typing(text, offset, typed, sliding)]
+    moves = sum(a != b for a, b in zip(starts, starts[1:]))
+    assert 0 < moves <= by_thirds(typed) // 30 + 1, moves  # one move per step typed
+    assert sum(a != b for a, b in zip(slides, slides[1:])) > 3 * moves
+    for now, cursor, plan in _typing(text, offset, typed, steady):
+        prefix, suffix = plan.segments
+        assert by_thirds(prefix) <= 120 and by_thirds(suffix) <= 30  # never past the budget
+        assert by_thirds(prefix) >= 120 - 3 * 30  # and never far short of it
+        assert now[plan.window_start : cursor] == prefix
+
+
+def test_anchor_is_dropped_when_the_cursor_jumps():
+    settings = PlanSettings(prefix_tokens=60, suffix_tokens=20, prefix_step=15)
+    text = LONG
+    far = text.index("\n", len(text) - 200)
+    plan = plan_completion(text, far, None, None, buckets=BUCKETS, settings=settings,
+                           count_tokens=by_thirds, language_id="plaintext", anchor=0)
+    assert plan.window_start > 0 and 60 - 2 * 15 <= by_thirds(plan.segments[0]) <= 60
+    plan = plan_completion(text, 40, None, None, buckets=BUCKETS, settings=settings,
+                           count_tokens=by_thirds, language_id="plaintext", anchor=far - 100)
+    assert plan.window_start == 0
