@@ -46,6 +46,7 @@ class CompletionResult:
     tokens: int = 0  # generated tokens before end-of-span
     cached: bool = False  # answered by the typing-through cache
     elapsed_s: float = 0.0
+    backend: str = "local"  # what denoised: "local", "remote", or "none" (an empty answer)
 
 
 @dataclass
@@ -61,6 +62,7 @@ class FillResult:
     # one (start, end, new_text) per hole in the caller's text, document order; a hole the
     # model left nothing usable for keeps its text (a gap stays empty, a re-write unchanged)
     edits: list[tuple[int, int, str]] = field(default_factory=list)
+    backend: str = "local"  # what denoised: "local", "remote", or "none" (an empty answer)
 
 
 class Engine:
@@ -71,10 +73,11 @@ class Engine:
         model_dir: str | Path | None = None,
         settings: Settings | None = None,
         denoiser: Denoiser | None = None,
+        card: ModelCard | None = None,
     ) -> None:
         self.settings = settings or Settings()
         directory = Path(model_dir or self.settings.model_dir or default_model_dir())
-        self.card: ModelCard = load_card(directory)
+        self.card: ModelCard = card or load_card(directory)  # a remote model's card is given
         try:
             self.tokenizer = Tokenizer.from_file(str(self.card.path(self.card.tokenizer)))
         except Exception as exc:
@@ -163,7 +166,8 @@ class Engine:
             cached = self.cache.lookup(key, text, offset)
             if cached is not None:
                 return CompletionResult(
-                    cached, cached=True, elapsed_s=time.perf_counter() - started
+                    cached, cached=True, elapsed_s=time.perf_counter() - started,
+                    backend="cache",
                 )
         syntax = syntax if syntax is not None else syntax_for(language_id)
         if syntax is not None and tree is None:
@@ -181,7 +185,7 @@ class Engine:
             self.cache.remember(key, text, offset, completion)
         return CompletionResult(
             completion, plan=plan, steps=fill.steps, tokens=fill.tokens,
-            elapsed_s=time.perf_counter() - started,
+            elapsed_s=time.perf_counter() - started, backend=fill.backend,
         )
 
     def fill_text(
@@ -292,11 +296,15 @@ class Engine:
         layout = build_layout(
             segments, [h.canvas_length for h in plan.holes], self.card.special_tokens.file
         )
-        with self._model_lock:
-            result = denoise(
-                self.denoiser, layout, self.card.special_tokens, self.sampler_settings(),
-                cancelled,
-            )
+        remote = getattr(self.denoiser, "denoise_request", None)
+        if remote is not None:  # a server runs the whole loop (dlm_lsp.remote): no lock here
+            result = remote(layout, self.card.special_tokens, self.sampler_settings(), cancelled)
+        else:
+            with self._model_lock:
+                result = denoise(
+                    self.denoiser, layout, self.card.special_tokens, self.sampler_settings(),
+                    cancelled,
+                )
         raw = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in result.canvases]
         completions = [
             finish(plan, index, generated, text=text, syntax=syntax)
@@ -305,6 +313,7 @@ class Engine:
         return FillResult(
             completions, plan=plan, steps=result.steps,
             tokens=sum(len(c) for c in result.canvases), raw=raw,
+            backend="local" if remote is None else "remote",
         )
 
     def with_settings(self, settings: Settings) -> "Engine":
