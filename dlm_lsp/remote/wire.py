@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -32,6 +33,7 @@ CARD_MODEL = "dlm_card"
 CARD_FILES = ("model.json", "tokenizer.json")
 REQUEST_INPUTS = ("context_ids", "context_positions", "canvas_positions", "canvas_lengths")
 RESPONSE_OUTPUTS = ("canvas", "steps", "committed_per_step")
+DEFAULT_PORT = 8001  # Triton's gRPC port
 
 
 class WireError(ValueError):
@@ -135,3 +137,16 @@ def check_request(layout: Layout, settings: SamplerSettings, *, vocab_size: int,
             "parallel", "left_to_right"):
         raise WireError(f"sampler settings out of range: {settings}")
     return dataclasses.replace(settings, max_steps=min(max(1, settings.max_steps), MAX_STEPS))
+
+
+def parse_remote_url(url: str) -> str:
+    """`grpc://HOST[:PORT]` (or a bare HOST:PORT) → "HOST:PORT"; ValueError otherwise."""
+    parts = urlsplit(url if "://" in url else "grpc://" + url)
+    if parts.scheme != "grpc" or not parts.hostname or parts.path not in ("", "/"):
+        raise ValueError(f"expected grpc://HOST[:PORT], got {url!r}")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise ValueError(f"bad port in {url!r}") from None
+    return f"{host}:{port}"
