@@ -19,6 +19,7 @@ from typing import Callable
 from tokenizers import Tokenizer
 
 from .cache import TypingCache
+from .context_cache import ContextCache, DocumentDenoiser
 from .languages import Syntax, syntax_for
 from .layout import build_layout
 from .modelcard import ModelCard, ModelError, default_model_dir, load_card
@@ -46,6 +47,8 @@ class CompletionResult:
     tokens: int = 0  # generated tokens before end-of-span
     cached: bool = False  # answered by the typing-through cache
     elapsed_s: float = 0.0
+    context_tokens: int = 0  # the context's length
+    context_tokens_encoded: int = 0  # how many of them ran through the encoder
     backend: str = "local"  # what denoised: "local", "remote", or "none" (an empty answer)
 
 
@@ -58,6 +61,8 @@ class FillResult:
     steps: int = 0
     tokens: int = 0
     elapsed_s: float = 0.0
+    context_tokens: int = 0  # the context's length
+    context_tokens_encoded: int = 0  # how many of them ran through the encoder
     raw: list[str] = field(default_factory=list)  # decoded canvases before postprocessing
     # one (start, end, new_text) per hole in the caller's text, document order; a hole the
     # model left nothing usable for keeps its text (a gap stays empty, a re-write unchanged)
@@ -98,6 +103,9 @@ class Engine:
         self.denoiser = denoiser
         self.provider: str = getattr(denoiser, "provider", "CPU")
         self.cache = TypingCache()
+        # each document's encoded context (causal models) and its prefix window's start
+        self.contexts = ContextCache(self.settings.context_cache_mb * 2**20)
+        self._anchors: dict[str, int] = {}
         self._model_lock = threading.Lock()
         self._generation: dict[str, int] = {}
         self._generation_lock = threading.Lock()
@@ -116,9 +124,13 @@ class Engine:
 
     def plan_settings(self) -> PlanSettings:
         """Budgets for the planner, bounded by the model's context."""
-        s = self.settings
+        s, card = self.settings, self.card
+        prefix = s.prefix_tokens
+        if prefix is None:  # a causal model's cached prefix costs little: give it the room
+            prefix = max(1, card.max_context - 1 - s.suffix_tokens) if card.causal else 384
         return PlanSettings(
-            prefix_tokens=s.prefix_tokens,
+            prefix_tokens=prefix,
+            prefix_step=prefix // 8 if card.causal else 0,
             suffix_tokens=s.suffix_tokens,
             max_block_lines=s.max_block_lines,
             max_context=self.card.max_context,
@@ -145,7 +157,9 @@ class Engine:
         """Drop per-document state (the document was closed)."""
         with self._generation_lock:
             self._generation.pop(key, None)
+            self._anchors.pop(key, None)
         self.cache.forget(key)
+        self.contexts.forget(key)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -178,14 +192,20 @@ class Engine:
             settings=self.plan_settings(),
             count_tokens=self.count_tokens,
             language_id=language_id,
+            anchor=self._anchors.get(key) if key is not None else None,
         )
-        fill = self._run(plan, text, syntax, cancelled)
+        if key is not None:
+            with self._generation_lock:
+                self._anchors[key] = plan.window_start
+        fill = self._run(plan, text, syntax, cancelled, key)
         completion = fill.completions[0] if fill.completions else None
         if key is not None and completion is not None:
             self.cache.remember(key, text, offset, completion)
         return CompletionResult(
             completion, plan=plan, steps=fill.steps, tokens=fill.tokens,
             elapsed_s=time.perf_counter() - started, backend=fill.backend,
+            context_tokens=fill.context_tokens,
+            context_tokens_encoded=fill.context_tokens_encoded,
         )
 
     def fill_text(
@@ -289,20 +309,31 @@ class Engine:
                 segments[-1] = segments[-1][: max(0, len(segments[-1]) - excess)]
         return segments
 
-    def _run(self, plan: InfillPlan, text: str, syntax: Syntax | None, cancelled: Check) -> FillResult:
+    def _document_denoiser(self, key: str | None) -> DocumentDenoiser:
+        """The denoiser for one request: with a key (a uri) and the cache on, it starts
+        from the document's cached context."""
+        if not self.settings.context_cache:
+            self.contexts.clear()
+            key = None
+        self.contexts.max_bytes = self.settings.context_cache_mb * 2**20
+        return DocumentDenoiser(self.denoiser, self.contexts, key)
+
+    def _run(self, plan: InfillPlan, text: str, syntax: Syntax | None, cancelled: Check,
+             key: str | None = None) -> FillResult:
         if not plan.holes:
             return FillResult([], plan=plan)
         segments = self._encode_segments(plan)
         layout = build_layout(
             segments, [h.canvas_length for h in plan.holes], self.card.special_tokens.file
         )
+        denoiser = self._document_denoiser(key)
         remote = getattr(self.denoiser, "denoise_request", None)
         if remote is not None:  # a server runs the whole loop (dlm_lsp.remote): no lock here
             result = remote(layout, self.card.special_tokens, self.sampler_settings(), cancelled)
         else:
             with self._model_lock:
                 result = denoise(
-                    self.denoiser, layout, self.card.special_tokens, self.sampler_settings(),
+                    denoiser, layout, self.card.special_tokens, self.sampler_settings(),
                     cancelled,
                 )
         raw = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in result.canvases]
@@ -313,6 +344,8 @@ class Engine:
         return FillResult(
             completions, plan=plan, steps=result.steps,
             tokens=sum(len(c) for c in result.canvases), raw=raw,
+            context_tokens=denoiser.context_tokens,
+            context_tokens_encoded=denoiser.encoded_tokens,
             backend="local" if remote is None else "remote",
         )
 

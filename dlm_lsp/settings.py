@@ -30,12 +30,16 @@ class Settings:
     threshold: float | None = None  # commit masked positions at least this confident
     remask_floor: float | None = None  # re-mask committed tokens that fell below (0 = off)
     strategy: str = "parallel"  # "left_to_right": one token per step, as an AR decoder would
-    prefix_tokens: int = 384  # context budget before the cursor
+    # context budget before the cursor; None = the model's: all the context that the suffix
+    # leaves for a causal model (its cached prefix costs almost nothing per keystroke), else 384
+    prefix_tokens: int | None = None
     suffix_tokens: int = 128  # context budget after the cursor
     max_block_lines: int = 16  # most lines a block completion may have
     debounce_ms: int = 0  # wait this long before running the model; newer keystrokes win
     hole_marker: str = "<|hole|>"  # what dlm/fill treats as a hole when no ranges are given
     max_document_bytes: int = 8_000_000  # larger buffers are tracked but get no completions
+    context_cache: bool = True  # keep each document's encoded context (causal models)
+    context_cache_mb: int = 64  # memory for those contexts; least recently used go first
     log_level: str = "info"
 
     def model_key(self) -> tuple:
@@ -58,7 +62,7 @@ def _snake(name: str) -> str:
 
 def _check(name: str, value: Any) -> Any:
     """Validate one field's value; raise ValueError with a reason when it is unusable."""
-    if name in ("enable",):
+    if name in ("enable", "context_cache"):
         if not isinstance(value, bool):
             raise ValueError("expected true or false")
     elif name == "languages":
@@ -89,8 +93,8 @@ def _check(name: str, value: Any) -> Any:
                 raise ValueError("expected a number between 0 and 1")
             value = float(value)
     elif name in ("max_steps", "prefix_tokens", "suffix_tokens", "max_block_lines",
-                  "max_document_bytes", "threads", "debounce_ms"):
-        if value is None and name == "max_steps":
+                  "max_document_bytes", "threads", "debounce_ms", "context_cache_mb"):
+        if value is None and name in ("max_steps", "prefix_tokens"):
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError("expected an integer")
