@@ -2,6 +2,8 @@
 
     dlm-lsp                          serve LSP on stdio (what editors start)
     dlm-lsp --tcp [HOST:]PORT        serve LSP on TCP (loopback unless a host is given)
+    dlm-lsp --remote grpc://HOST:PORT  completions from a Triton server (docs/TRITON.md)
+    dlm-lsp triton-repo MODEL_DIR OUT  write the Triton model repository for a model
     dlm-lsp complete FILE --line L --col C
     dlm-lsp fill FILE [--write]
     dlm-lsp doctor
@@ -25,7 +27,8 @@ from .settings import LOG_LEVELS, Settings
 log = logging.getLogger("dlm_lsp")
 
 # subcommands defined in their own modules: name → module exposing add_parser(subparsers)
-_PLUGIN_COMMANDS = {"bench": "dlm_lsp.bench", "eval": "dlm_lsp.evaluate"}
+_PLUGIN_COMMANDS = {"bench": "dlm_lsp.bench", "eval": "dlm_lsp.evaluate",
+                    "triton-repo": "dlm_lsp.triton_repo"}
 
 
 def _setup_logging(level: str) -> None:
@@ -48,6 +51,16 @@ def _parse_tcp(value: str) -> tuple[str, int]:
     return host or "127.0.0.1", number
 
 
+def _parse_remote(value: str) -> str:
+    from .remote.wire import parse_remote_url
+
+    try:
+        parse_remote_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def _common(parser: argparse.ArgumentParser, top: bool = False) -> None:
     # Subcommands suppress their defaults so that `dlm-lsp --model X complete ...` keeps X.
     def default(value):
@@ -63,7 +76,7 @@ def _common(parser: argparse.ArgumentParser, top: bool = False) -> None:
 
 def _settings(args: argparse.Namespace, **overrides) -> Settings:
     return Settings(model_dir=args.model, device=args.device, log_level=args.log_level,
-                    **overrides)
+                    remote=getattr(args, "remote", None), **overrides)
 
 
 def _engine(args: argparse.Namespace, **overrides):
@@ -222,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tcp", metavar="[HOST:]PORT", type=_parse_tcp,
                         help="serve on TCP instead of stdio (host defaults to 127.0.0.1)")
     parser.add_argument("--stdio", action="store_true", help="serve on stdio (the default)")
+    parser.add_argument("--remote", metavar="grpc://HOST:PORT", type=_parse_remote,
+                        help="denoise on this Triton server (dlm-lsp triton-repo); plan, cache "
+                        "and postprocess here; the local model answers while it cannot")
     _common(parser, top=True)
     sub = parser.add_subparsers(dest="command")
 

@@ -153,7 +153,8 @@ class DlmServer(LanguageServer):
         with self._engine_lock:
             if self._engine is None and self._engine_error is None:
                 try:
-                    self._engine = Engine(settings=self.settings)
+                    self._engine = (self._failover() if self.settings.remote
+                                    else Engine(settings=self.settings))
                 except ModelError as exc:
                     self._engine_error = str(exc)
                     log.error("no model: %s", exc)
@@ -164,6 +165,13 @@ class DlmServer(LanguageServer):
                     log.exception("model failed to load")
                     self.show(f"dlm-lsp: the model failed to load: {exc}", types.MessageType.Error)
             return self._engine
+
+    def _failover(self):
+        """The remote engine with its fallback (dlm_lsp.remote); its warnings reach the editor."""
+        from .remote.failover import FailoverEngine
+
+        return FailoverEngine(self.settings,
+                              warn=lambda message: self.show(message, types.MessageType.Warning))
 
     def apply_settings(self, raw: Any) -> None:
         """Merge wire settings; bad values fall back and the user is told."""
@@ -235,6 +243,7 @@ class DlmServer(LanguageServer):
             "tokens": getattr(result, "tokens", 0),
             "cached": bool(getattr(result, "cached", False)),
             "scope": scope,
+            "backend": getattr(result, "backend", None),  # local, remote, cache, none
             "contextTokens": getattr(result, "context_tokens", 0),
             "contextTokensEncoded": getattr(result, "context_tokens_encoded", 0),
         }
@@ -432,8 +441,8 @@ def create_server(settings: Settings | None = None, engine: Engine | None = None
         engine = ls._engine
         return {
             "version": __version__,
-            "model": engine.card.name if engine else None,
-            "modelVersion": engine.card.version if engine else None,
+            "model": engine.card.name if engine and engine.card else None,
+            "modelVersion": engine.card.version if engine and engine.card else None,
             "provider": engine.provider if engine else None,
             "error": ls._engine_error,
             "lastLatencyMs": ls.last.get("latencyMs"),
@@ -442,6 +451,9 @@ def create_server(settings: Settings | None = None, engine: Engine | None = None
             "lastScope": ls.last.get("scope"),
             "lastCached": ls.last.get("cached"),
             "lastKind": ls.last.get("kind"),
+            "lastBackend": ls.last.get("backend"),
+            "remote": ls.settings.remote,
+            "remoteError": getattr(engine, "remote_error", None),
             "contextTokens": ls.last.get("contextTokens"),
             "contextTokensEncoded": ls.last.get("contextTokensEncoded"),
             "contextCacheBytes": engine.contexts.nbytes if engine else 0,

@@ -15,6 +15,7 @@ from typing import Any
 STRATEGIES = ("parallel", "left_to_right")
 LOG_LEVELS = ("error", "warning", "info", "debug")
 DEVICES = ("auto", "cpu", "cuda")
+REMOTE_FALLBACKS = ("local", "empty")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,10 +42,13 @@ class Settings:
     context_cache: bool = True  # keep each document's encoded context (causal models)
     context_cache_mb: int = 64  # memory for those contexts; least recently used go first
     log_level: str = "info"
+    remote: str | None = None  # grpc://HOST:PORT of a Triton server (docs/TRITON.md); None = local
+    remote_fallback: str = "local"  # when it cannot answer: the "local" model, or "empty" answers
+    remote_timeout_ms: int = 10_000  # longest wait for one remote completion
 
     def model_key(self) -> tuple:
         """What decides which model is loaded and how: a change here means a reload."""
-        return self.model_dir, self.device, self.threads
+        return self.model_dir, self.device, self.threads, self.remote
 
     def language_enabled(self, language_id: str) -> bool:
         """Whether completions are on for this language."""
@@ -75,6 +79,19 @@ def _check(name: str, value: Any) -> Any:
     elif name == "device":
         if value not in DEVICES:
             raise ValueError(f"expected one of {', '.join(DEVICES)}")
+    elif name == "remote":
+        if value is not None:
+            from .remote.wire import parse_remote_url
+
+            if not isinstance(value, str):
+                raise ValueError("expected grpc://HOST:PORT or null")
+            parse_remote_url(value)  # ValueError says why
+    elif name == "remote_fallback":
+        if value not in REMOTE_FALLBACKS:
+            raise ValueError(f"expected one of {', '.join(REMOTE_FALLBACKS)}")
+    elif name == "remote_timeout_ms":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError("expected an integer ≥ 1")
     elif name == "strategy":
         if value not in STRATEGIES:
             raise ValueError(f"expected one of {', '.join(STRATEGIES)}")

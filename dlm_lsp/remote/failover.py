@@ -37,6 +37,18 @@ def local_engine(settings: Settings) -> Engine:
     return Engine(settings=settings)
 
 
+class _NoContexts:
+    """No engine yet, so no encoded contexts."""
+
+    nbytes = 0
+
+    def __len__(self) -> int:
+        return 0
+
+
+_NO_CONTEXTS = _NoContexts()
+
+
 class FailoverEngine:
     """An engine that asks a remote server first and falls back when it cannot answer."""
 
@@ -80,6 +92,12 @@ class FailoverEngine:
     def provider(self) -> str:
         engine = self.last_engine or self._remote or self._local
         return engine.provider if engine is not None else f"remote {self._settings.remote}"
+
+    @property
+    def contexts(self) -> Any:
+        """The answering engine's encoded-context cache (for `dlm/status`)."""
+        engine = self.last_engine or self._remote or self._local
+        return engine.contexts if engine is not None else _NO_CONTEXTS
 
     def supersede(self, key: str) -> Callable[[], bool]:
         """Start a new request on `key`; the check turns true once a newer one started."""

@@ -1,0 +1,110 @@
+"""The slow path end to end: `dlm-lsp triton-repo` → a real Triton server (the tritonserver
+binary that nvidia-pytriton bundles, CPU, loopback) → `dlm-lsp --remote` over LSP."""
+
+from __future__ import annotations
+
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import pytest_lsp
+from lsprotocol import types
+from pytest_lsp import ClientServerConfig, LanguageClient
+
+from dlm_lsp.remote.pytriton_server import LocalTriton, free_port
+from dlm_lsp.triton_repo import RepoSettings, write_repository
+from tests.reliability.synthetic_model import build_synthetic_model
+from tests.test_server_e2e import inline_params, open_doc
+
+pytest.importorskip("pytriton", reason="pip install nvidia-pytriton (dlm-lsp[remote])")
+
+URI = "file:///work/remote.py"
+BLOCK = "total = sum(xs)\n    return total"  # what the served model writes
+LOCAL = "pass"  # what the local fallback model writes
+WORK = Path(tempfile.mkdtemp(prefix="dlm-triton-"))
+SERVED = build_synthetic_model(WORK / "served", answer=BLOCK)
+FALLBACK = build_synthetic_model(WORK / "local", answer=LOCAL)
+TRITON = LocalTriton(WORK / "repo", WORK)  # ports are chosen now, the server starts below
+DOWN = f"grpc://127.0.0.1:{free_port()}"  # nobody listens here
+
+
+def dlm_lsp(remote: str) -> list[str]:
+    return [sys.executable, "-m", "dlm_lsp", "--log-level", "info", "--remote", remote,
+            "--model", str(FALLBACK)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def triton():
+    write_repository(SERVED, WORK / "repo", RepoSettings(kind="cpu", threads=1))
+    with TRITON:
+        yield TRITON
+    print(TRITON.tail(2000), file=sys.stderr)
+
+
+def served_requests(triton: LocalTriton) -> int:
+    """Requests the completion model answered, from Triton's metrics endpoint."""
+    found = re.search(r'nv_inference_request_success\{model="dlm_complete",version="1"\} (\d+)',
+                      triton.metrics())
+    return int(found.group(1)) if found else 0
+
+
+async def start(client: LanguageClient, options: dict | None = None) -> None:
+    await client.initialize_session(types.InitializeParams(
+        capabilities=types.ClientCapabilities(), initialization_options=options))
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=dlm_lsp(TRITON.grpc_url)))
+async def remote_client(lsp_client: LanguageClient):
+    await start(lsp_client, {"dlm": {"maxSteps": 16}})
+    yield
+    await lsp_client.shutdown_session()
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=dlm_lsp(DOWN)))
+async def down_client(lsp_client: LanguageClient):
+    await start(lsp_client)
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def test_inline_completion_and_fill_come_from_triton(remote_client: LanguageClient,
+                                                           triton: LocalTriton):
+    before = served_requests(triton)
+    open_doc(remote_client, "def f(xs):\n    ", uri=URI)
+    result = await remote_client.text_document_inline_completion_async(inline_params(1, 4, URI))
+    assert [item.insert_text for item in result.items] == [BLOCK]
+    status = await remote_client.protocol.send_request_async("dlm/status", {})
+    assert status.lastBackend == "remote" and status.provider == f"remote {TRITON.grpc_url}"
+    assert status.model == "synthetic" and status.remoteError is None
+    open_doc(remote_client, "def f(xs):\n    <|hole|>\n\ndef g(xs):\n    <|hole|>\n",
+             uri="file:///work/fill.py")
+    fill = await remote_client.protocol.send_request_async(
+        "dlm/fill", {"textDocument": {"uri": "file:///work/fill.py"}})
+    # as locally, the synthetic model answers at the start of the concatenated canvas
+    assert [(e.range.start.line, e.newText) for e in fill.edits] == [(1, BLOCK), (4, "")]
+    status = await remote_client.protocol.send_request_async("dlm/status", {})
+    assert status.lastBackend == "remote" and status.lastKind == "fill"
+    assert served_requests(triton) == before + 2  # one round trip per completion
+    assert remote_client.messages == []  # no warning
+
+
+async def test_an_unreachable_server_warns_once_and_the_local_model_answers(
+        down_client: LanguageClient):
+    for uri in (URI, "file:///work/second.py"):  # two documents: no typing-through cache
+        open_doc(down_client, "def f(xs):\n    ", uri=uri)
+        result = await down_client.text_document_inline_completion_async(inline_params(1, 4, uri))
+        assert [item.insert_text for item in result.items] == [LOCAL]
+        status = await down_client.protocol.send_request_async("dlm/status", {})
+        assert status.lastBackend == "local" and status.remoteError and status.provider == "CPU"
+    warnings = [m for m in down_client.messages if DOWN in m.message]
+    assert len(warnings) == 1 and warnings[0].type == types.MessageType.Warning
+    down_client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"dlm": {"remoteFallback": "empty"}}))
+    open_doc(down_client, "def g(xs):\n    ", uri="file:///work/other.py")
+    result = await down_client.text_document_inline_completion_async(
+        inline_params(1, 4, "file:///work/other.py"))
+    assert result is None or not result.items
+    status = await down_client.protocol.send_request_async("dlm/status", {})
+    assert status.lastBackend == "none"
