@@ -19,6 +19,9 @@ left_to_right``, one commit per step: what an autoregressive decoder would do). 
 and its quality cost are then ratios measured on one machine at one moment. A "typing" pass
 replays keystrokes through each shown suggestion and counts the answers the typing-through
 cache served. Warm-up requests are excluded; the sample is fixed by ``--seed``.
+
+``--scenario typing`` (`dlm_lsp.bench_typing`) types real lines back a keystroke at a time, a
+request after each, with and without the context cache.
 """
 
 from __future__ import annotations
@@ -690,6 +693,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--server-log", type=Path, default=None,
                         help="append the servers' stderr here (default: discarded)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--scenario", choices=["requests", "typing"], default="requests",
+                        help="requests: one request per cursor (default); typing: lines typed "
+                        "back a keystroke at a time, with and without the context cache")
+    parser.add_argument("--lines", type=int, default=8, help="typing: lines typed back")
+    parser.add_argument("--max-keystrokes", type=int, default=60,
+                        help="typing: keystrokes per line at most")
     parser.set_defaults(func=run)
     return parser
 
@@ -772,6 +781,8 @@ async def run_bench(args: argparse.Namespace) -> tuple[dict[str, Any], list[Meas
 def run(args: argparse.Namespace) -> int:
     """`dlm-lsp bench`: 0 when the run finished, 2 when it could not start."""
     started = time.perf_counter()
+    if getattr(args, "scenario", "requests") == "typing":
+        return _run_typing(args)
     try:
         report, measurements = asyncio.run(run_bench(args))
     except (ValueError, RuntimeError, OSError, asyncio.TimeoutError) as exc:
@@ -790,4 +801,21 @@ def run(args: argparse.Namespace) -> int:
         print(render(report))
         print(f"{report['seconds']} s" + (f"; plot: {args.plot}" if args.plot else "")
               + (f"; per-request: {args.out}" if args.out else ""))
+    return 0
+
+
+def _run_typing(args: argparse.Namespace) -> int:
+    """`dlm-lsp bench --scenario typing` (see dlm_lsp.bench_typing)."""
+    from .bench_typing import render_typing, run_typing
+
+    try:
+        report, keystrokes = asyncio.run(run_typing(args))
+    except (ValueError, RuntimeError, OSError, asyncio.TimeoutError) as exc:
+        print(f"dlm-lsp bench: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        from .stats import write_jsonl
+
+        write_jsonl(args.out, (asdict(k) for k in keystrokes))
+    print(json.dumps(report, indent=2) if args.json else render_typing(report))
     return 0
