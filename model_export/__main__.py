@@ -56,6 +56,12 @@ def cmd_train(args) -> int:
     return main_from_args(args)
 
 
+def cmd_validate(args) -> int:
+    from .train import validate_from_args
+
+    return validate_from_args(args)
+
+
 def cmd_export(args) -> int:
     from .export import main_from_args
 
@@ -114,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "runs DDP across the launched processes.")
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
+
+    from .train import add_validate_arguments
+
+    p = sub.add_parser("validate", help="score checkpoints on one set of validation examples",
+                       description="Masked CE and content_ce (real code tokens only, at t=0.15 "
+                       "and t=1, and at t=0.15 without the context) of each checkpoint on the "
+                       "same validation examples and masks: compares runs fairly.")
+    add_validate_arguments(p)
+    p.set_defaults(func=cmd_validate)
 
     from .export import add_export_arguments, add_verify_arguments
 

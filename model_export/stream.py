@@ -3,8 +3,10 @@
 Each worker cuts its own examples (`ExampleMaker`, seeded by rank, worker and step so a resumed
 run does not replay the same ones) and yields ready, padded batches of two kinds:
 
-* **infill** — the server's requests (`data.Example`): a pool of batches' worth of examples is
-  sorted by canvas and context length and cut into batches, so padding stays small;
+* **infill** — the server's requests (`data.Example`): a pool of examples is grouped by canvas
+  length, sorted by context length, and cut into batches of at most `batch_size` that stay
+  under `max_pad_share` padding (the rare long contexts make small batches of their own; what
+  is left of a group waits for the next pool);
 * **blocks** — block-diffusion runs of a file (`data.BlockExample`, BD3-LM): every token is a
   canvas token against the clean text before its block, so about half of all computed tokens
   carry loss (an infill example has most of its tokens in the context, which carries none).
@@ -32,7 +34,8 @@ class StreamPlan:
     block_batch_size: int = 8  # block examples per batch
     block_tokens: int = 256  # text tokens per block example (file token not counted)
     block_sizes: tuple[int, ...] = (16, 32, 64)  # canvas lengths a run is cut into
-    pool_batches: int = 16  # infill batches made at once and sorted by length
+    pool_batches: int = 32  # infill batches' worth of examples made at once and grouped
+    max_pad_share: float = 0.1  # an infill batch closes before its padding passes this
 
 
 class BatchStream(torch.utils.data.IterableDataset):
@@ -57,6 +60,7 @@ class BatchStream(torch.utils.data.IterableDataset):
         maker = ExampleMaker(self.texts, self.languages, load_tokenizer(self.tokenizer_path),
                              self.specials, self.settings)
         pending: list = []
+        self._left_over: list = []
         while True:
             if self.plan.block_rate and rng.random() < self.plan.block_rate:
                 yield "blocks", self.block_batch(maker, rng)
@@ -66,20 +70,45 @@ class BatchStream(torch.utils.data.IterableDataset):
             yield "infill", pending.pop()
 
     def infill_batches(self, maker: ExampleMaker, rng: random.Random) -> list:
-        """`pool_batches` batches from one length-sorted pool, in random order."""
+        """Batches from one pool (plus what the last pool left over), in random order."""
         plan = self.plan
-        pool = [maker.make(rng) for _ in range(plan.batch_size * plan.pool_batches)]
-        pool.sort(key=lambda e: (len(e.canvas_ids), len(e.context_ids)))
-        batches = [collate(pool[i: i + plan.batch_size], self.specials.pad)
-                   for i in range(0, len(pool), plan.batch_size)]
+        pool = self._left_over + [maker.make(rng) for _ in range(plan.batch_size
+                                                                 * plan.pool_batches)]
+        batches, self._left_over = group_by_length(pool, plan.batch_size, plan.max_pad_share)
         rng.shuffle(batches)
-        return batches
+        return [collate(b, self.specials.pad) for b in batches]
 
     def block_batch(self, maker: ExampleMaker, rng: random.Random):
         plan = self.plan
         examples = [make_block_example(maker, rng, plan.block_tokens, plan.block_sizes)
                     for _ in range(plan.block_batch_size)]
         return collate_blocks(examples, self.specials.pad)
+
+
+def group_by_length(examples: list, batch_size: int, max_pad_share: float):
+    """(batches, left over): examples of one canvas length, by context length, cut so that
+    no batch holds more than `batch_size` or more than `max_pad_share` padding. The last,
+    partial batch of each canvas length is left over for the next pool."""
+    groups: dict[int, list] = {}
+    for example in examples:
+        groups.setdefault(len(example.canvas_ids), []).append(example)
+    batches, left_over = [], []
+    for canvas, group in groups.items():
+        group.sort(key=lambda e: len(e.context_ids))
+        current: list = []
+        for example in group:
+            longest = len(example.context_ids)  # sorted: the newcomer is the longest
+            real = sum(len(e.context_ids) for e in current) + longest + canvas * (len(current) + 1)
+            padded = (len(current) + 1) * (longest + canvas)
+            if current and (len(current) == batch_size or 1 - real / padded > max_pad_share):
+                batches.append(current)
+                current = []
+            current.append(example)
+        if len(current) == batch_size:
+            batches.append(current)
+        else:
+            left_over.extend(current)
+    return batches, left_over
 
 
 def batch_loader(stream: BatchStream, workers: int, pin_memory: bool = False):

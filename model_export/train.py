@@ -542,3 +542,48 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Denoiser, di
 def main_from_args(args) -> int:
     train(args)
     return 0
+
+
+def add_validate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoints", nargs="+", help="checkpoints (.pt) to score on one example set")
+    p.add_argument("--corpus", default="runs/corpus")
+    p.add_argument("--tokenizer", default="runs/tokenizer.json")
+    p.add_argument("--max-context", type=int, default=512)
+    p.add_argument("--suffix-tokens", type=int, default=128)
+    p.add_argument("--long-context-rate", type=float, default=0.1)
+    p.add_argument("--buckets", default="16,32,64,128")
+    p.add_argument("--batches", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+
+
+def validate_from_args(args) -> int:
+    """Score checkpoints on the same validation examples and masks: masked CE, and content_ce
+    at t = 0.15 and t = 1 and at t = 0.15 without the context. One JSON line per checkpoint
+    (with its training seconds and tokens), so runs of different loops compare fairly."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.prefix_tokens = 0
+    tokenizer = load_tokenizer(args.tokenizer)
+    specials = special_tokens(tokenizer)
+    texts, languages = load_texts(Path(args.corpus) / "val.jsonl.zst")
+    maker = ExampleMaker(texts, languages, tokenizer, specials, example_settings(args))
+    validator = Validator(maker, args.batches, args.batch_size, 0, args.seed)
+    device = torch.device("cpu")
+    bf16 = use_bf16(device, args.precision)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+    for path in args.checkpoints:
+        model, state = load_checkpoint(path)
+        row = {"checkpoint": str(path), "step": state["step"],
+               "train_seconds": round(state["train_seconds"], 1),
+               "tokens_seen": state["tokens_seen"],
+               "context_attention": model.cfg.context_attention,
+               "val_loss": round(validator.loss(model, device, autocast), 4)}
+        for name, t, context in (("t015", 0.15, True), ("t1", 1.0, True),
+                                 ("t015_no_context", 0.15, False)):
+            row[f"content_ce_{name}"] = round(
+                validator.content_ce(model, device, autocast, t, context), 4)
+        print(json.dumps(row), flush=True)
+    return 0

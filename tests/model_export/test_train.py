@@ -59,3 +59,20 @@ def test_block_diffusion_and_edit_noise_run_and_report_rates(tiny_corpus, tiny_t
     assert summary["final_train_loss_ema"] == summary["final_train_loss_ema"]  # not NaN
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert all("pad_share" in r for r in rows if r["kind"] == "train")
+
+
+def test_validate_scores_checkpoints_on_one_example_set(tiny_corpus, tiny_tokenizer, tmp_path,
+                                                         capsys):
+    from model_export.__main__ import main
+
+    train(train_args(tiny_corpus, tiny_tokenizer, tmp_path, "--max-steps", "10",
+                     "--eval-every", "1000"))
+    argv = ["validate", str(tmp_path / "last.pt"), str(tmp_path / "last.pt"), "--corpus",
+            str(tiny_corpus), "--tokenizer", str(tiny_tokenizer), "--max-context", "96",
+            "--suffix-tokens", "24", "--buckets", "16,32", "--batches", "2", "--threads", "1"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 2 and rows[0] == rows[1]  # same examples, same masks
+    assert rows[0]["step"] == 10 and rows[0]["context_attention"] == "causal"
+    assert 0 < rows[0]["content_ce_t015"] < 20
