@@ -68,3 +68,17 @@ def test_layout_positions_run_through_the_canvases():
     assert layout.canvas_positions == [[3, 4, 5], [7, 8]]
     with pytest.raises(ValueError):
         build_layout([[1]], [4], file_id=3)
+
+
+def test_format_1_cards_are_bidirectional_and_format_2_names_its_weights(tmp_path):
+    card = load_card(write(tmp_path, CARD))
+    assert card.context_attention == "bidirectional" and not card.causal and card.weights is None
+    causal = {**CARD, "format": 2, "context_attention": "causal", "weights": "weights.bin"}
+    with pytest.raises(ModelError, match="weights.bin"):
+        load_card(write(tmp_path, causal))
+    (tmp_path / "weights.bin").write_bytes(b"\0")
+    card = load_card(tmp_path)
+    assert card.causal and card.weights == "weights.bin"
+    assert card.to_json()["context_attention"] == "causal" and card.to_json()["format"] == 2
+    with pytest.raises(ModelError, match="context_attention"):
+        load_card(write(tmp_path, {**causal, "context_attention": "sideways"}))
