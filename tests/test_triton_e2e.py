@@ -108,3 +108,34 @@ async def test_an_unreachable_server_warns_once_and_the_local_model_answers(
     assert result is None or not result.items
     status = await down_client.protocol.send_request_async("dlm/status", {})
     assert status.lastBackend == "none"
+
+
+def test_the_shipped_model_through_triton_in_batches_equals_the_local_model(tmp_path):
+    """Concurrent requests (Triton batches them; the sampler fills a batch in lockstep) get
+    exactly the completions the local model gives one at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dlm_lsp.engine import Engine
+    from dlm_lsp.modelcard import default_model_dir
+    from dlm_lsp.remote.failover import remote_engine
+    from dlm_lsp.settings import Settings
+
+    prompts = ["def mean(xs):\n    ", "import os\n\nfor name in os.listdir('.'):\n    ",
+               "class Point:\n    def __init__(self, x, y):\n        ",
+               "def add(a, b):\n    return ", "x = [1, 2, 3]\ny = ", "with open(path) as f:\n    ",
+               "if __name__ == '__main__':\n    ", "try:\n    import numpy\nexcept "]
+    local = Engine()
+    expected = [local.complete_text(p, len(p), "python").completion for p in prompts]
+    repo = write_repository(default_model_dir(), tmp_path / "repo",
+                            RepoSettings(kind="cpu", max_queue_delay_us=20_000))
+    with LocalTriton(repo, tmp_path) as served:
+        engine = remote_engine(Settings(remote=served.grpc_url))
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            results = list(pool.map(lambda p: engine.complete_text(p, len(p), "python"),
+                                    prompts))
+        answered, executions = (int(re.search(
+            rf'{name}\{{model="dlm_complete",version="1"\}} (\d+)', served.metrics()).group(1))
+            for name in ("nv_inference_request_success", "nv_inference_exec_count"))
+    assert [r.completion for r in results] == expected
+    assert {r.backend for r in results} == {"remote"}
+    assert answered == len(prompts) and executions < answered  # some requests were batched
