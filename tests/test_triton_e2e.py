@@ -24,7 +24,8 @@ URI = "file:///work/remote.py"
 BLOCK = "total = sum(xs)\n    return total"  # what the served model writes
 LOCAL = "pass"  # what the local fallback model writes
 WORK = Path(tempfile.mkdtemp(prefix="dlm-triton-"))
-SERVED = build_synthetic_model(WORK / "served", answer=BLOCK)
+# a matrix product per step makes a served completion take a few hundred ms (cancellable)
+SERVED = build_synthetic_model(WORK / "served", answer=BLOCK, work=600)
 FALLBACK = build_synthetic_model(WORK / "local", answer=LOCAL)
 TRITON = LocalTriton(WORK / "repo", WORK)  # ports are chosen now, the server starts below
 DOWN = f"grpc://127.0.0.1:{free_port()}"  # nobody listens here
@@ -139,3 +140,33 @@ def test_the_shipped_model_through_triton_in_batches_equals_the_local_model(tmp_
     assert [r.completion for r in results] == expected
     assert {r.backend for r in results} == {"remote"}
     assert answered == len(prompts) and executions < answered  # some requests were batched
+
+
+def test_a_cancelled_or_slow_remote_request_returns_at_once(triton: LocalTriton):
+    """Cancellation reaches a waiting request between polls; a timeout is a RemoteError; the
+    server answers the next request either way."""
+    import time
+
+    from dlm_lsp.layout import build_layout
+    from dlm_lsp.modelcard import load_card
+    from dlm_lsp.remote.client import RemoteError, TritonDenoiser
+    from dlm_lsp.sampler import Cancelled, SamplerSettings
+
+    card = load_card(SERVED)
+    specials = card.special_tokens
+    layout = build_layout([[5, 6], [7]], [32], specials.file)
+    settings = SamplerSettings(max_steps=32)
+    remote = TritonDenoiser(triton.grpc_url, timeout_s=30)
+    began = time.perf_counter()
+    full = remote.denoise_request(layout, specials, settings, lambda: False)
+    whole = time.perf_counter() - began
+    assert full.steps > 5 and whole > 0.1
+    began = time.perf_counter()
+    with pytest.raises(Cancelled):
+        remote.denoise_request(layout, specials, settings,
+                               lambda: time.perf_counter() - began > 0.02)
+    assert time.perf_counter() - began < 0.02 + whole / 2
+    hasty = TritonDenoiser(triton.grpc_url, timeout_s=0.02)
+    with pytest.raises(RemoteError):
+        hasty.denoise_request(layout, specials, settings, lambda: False)
+    assert remote.denoise_request(layout, specials, settings, lambda: False) == full
