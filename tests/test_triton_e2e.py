@@ -4,6 +4,7 @@ binary that nvidia-pytriton bundles, CPU, loopback) → `dlm-lsp --remote` over 
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -39,9 +40,12 @@ def dlm_lsp(remote: str) -> list[str]:
 @pytest.fixture(scope="module", autouse=True)
 def triton():
     write_repository(SERVED, WORK / "repo", RepoSettings(kind="cpu", threads=1))
-    with TRITON:
-        yield TRITON
-    print(TRITON.tail(2000), file=sys.stderr)
+    try:
+        with TRITON:
+            yield TRITON
+        print(TRITON.tail(2000), file=sys.stderr)
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)
 
 
 def served_requests(triton: LocalTriton) -> int:
@@ -166,6 +170,9 @@ def test_a_cancelled_or_slow_remote_request_returns_at_once(triton: LocalTriton)
         remote.denoise_request(layout, specials, settings,
                                lambda: time.perf_counter() - began > 0.02)
     assert time.perf_counter() - began < 0.02 + whole / 2
+    while "cancelled by their clients" not in triton.tail(100_000):  # the server stops too
+        assert time.perf_counter() - began < 10, triton.tail()
+        time.sleep(0.05)
     hasty = TritonDenoiser(triton.grpc_url, timeout_s=0.02)
     with pytest.raises(RemoteError):
         hasty.denoise_request(layout, specials, settings, lambda: False)

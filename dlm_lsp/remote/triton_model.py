@@ -108,6 +108,10 @@ class CompleteModel:
         except Exception as exc:  # a runtime failure fails this batch, not the server
             pb.Logger.log_error(f"dlm_complete: {type(exc).__name__}: {exc}")
             answers = [exc] * len(requests)
+        dropped = sum(isinstance(answer, InterruptedError) for answer in answers)
+        if dropped:
+            pb.Logger.log_info(f"dlm_complete: {dropped} of {len(requests)} requests cancelled "
+                               "by their clients, dropped from the batch")
         responses = []
         for answer in answers:
             if isinstance(answer, Exception):
