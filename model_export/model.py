@@ -157,10 +157,21 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = GatedMLP(cfg)
 
-    def finish(self, x, attended):
-        """Residual add of the attention output, then the MLP half of the block."""
-        x = x + attended
-        return x + self.mlp(self.mlp_norm(x))
+    def forward(self, x, cos, sin, allowed, past_keys=None, past_values=None, mlp: bool = True):
+        """x (B, T, d) attends, under `allowed` (B, 1|T, P+T), to keys/values of `past_keys`/
+        `past_values` (B, H, P, D) — cached context, when given — followed by its own. Returns
+        (x after the block, its own keys, its own values); `mlp=False` skips the MLP half when
+        only the keys/values are wanted (the encoder's last block)."""
+        q, k, v = self.attn.project(self.attn_norm(x), cos, sin)
+        if past_keys is None:
+            keys, values = k, v
+        else:
+            keys = torch.cat([past_keys, k], dim=2)  # (B, H, P+T, D)
+            values = torch.cat([past_values, v], dim=2)
+        if mlp:
+            x = x + self.attn.attend(q, keys, values, allowed)
+            x = x + self.mlp(self.mlp_norm(x))
+        return x, k, v
 
 
 class Denoiser(nn.Module):
@@ -213,8 +224,7 @@ class Denoiser(nn.Module):
         x = self.embed(ids)  # (B, T, d)
         cos, sin = self.rotary(positions, x.dtype)
         for block in self.blocks:
-            q, k, v = block.attn.project(block.attn_norm(x), cos, sin)
-            x = block.finish(x, block.attn.attend(q, k, v, allowed))
+            x, _, _ = block(x, cos, sin, allowed)
         return x
 
     def encode(self, input_ids, position_ids, attention_mask, past_keys=None, past_values=None,
@@ -244,14 +254,10 @@ class Denoiser(nn.Module):
         cos, sin = self.rotary(position_ids, x.dtype)
         keys, values = [], []
         for index, block in enumerate(self.blocks):
-            q, k, v = block.attn.project(block.attn_norm(x), cos, sin)
+            past = (None, None) if past_keys is None else (past_keys[index], past_values[index])
+            x, k, v = block(x, cos, sin, allowed, *past, mlp=index + 1 < len(self.blocks))
             keys.append(k)
             values.append(v)
-            if index + 1 < len(self.blocks):
-                if past_keys is not None:
-                    k = torch.cat([past_keys[index], k], dim=2)  # (B, H, P+S, D)
-                    v = torch.cat([past_values[index], v], dim=2)
-                x = block.finish(x, block.attn.attend(q, k, v, allowed))
         return torch.stack(keys), torch.stack(values)  # (L, B, H, S, D)
 
     def denoise(self, canvas_ids, canvas_positions, keys, values, context_mask, canvas_mask=None):
@@ -266,10 +272,7 @@ class Denoiser(nn.Module):
         x = self.embed(canvas_ids)  # (B, C, d)
         cos, sin = self.rotary(canvas_positions, x.dtype)
         for index, block in enumerate(self.blocks):
-            q, k, v = block.attn.project(block.attn_norm(x), cos, sin)
-            k = torch.cat([keys[index], k], dim=2)  # (B, H, S+C, D)
-            v = torch.cat([values[index], v], dim=2)
-            x = block.finish(x, block.attn.attend(q, k, v, allowed))
+            x, _, _ = block(x, cos, sin, allowed, keys[index], values[index])
         return self.logits(x)  # (B, C, V)
 
 

@@ -437,10 +437,10 @@ def train(args) -> dict:
               f"{'bf16' if bf16 else 'fp32'}, {workers} data workers")
     bar = tqdm(total=args.max_steps, initial=step, disable=not main or args.no_progress,
                dynamic_ncols=True)
-    started = time.time() - seconds
     last_eval = None
     if main and step == 0:
         bar.write(json.dumps(evaluate()))  # the untrained baseline, for the curve
+    started = time.time() - seconds  # evaluation is not training time
     model.train()
     loss_ema = None
     run, window = Meter(), Meter()  # this process's run (resumed runs count from here)
