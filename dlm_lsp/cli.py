@@ -82,7 +82,16 @@ def _settings(args: argparse.Namespace, **overrides) -> Settings:
 def _engine(args: argparse.Namespace, **overrides):
     from .engine import Engine
 
-    return Engine(settings=_settings(args, **overrides))
+    settings = _settings(args, **overrides)
+    if settings.remote:  # one-shot commands ask the server, with no fallback
+        from .modelcard import ModelError
+        from .remote.failover import remote_engine
+
+        try:
+            return remote_engine(settings)
+        except ModelError as exc:
+            raise SystemExit(f"dlm-lsp: {exc}") from None
+    return Engine(settings=settings)
 
 
 def _read(path: str) -> str:

@@ -177,3 +177,26 @@ def test_a_cancelled_or_slow_remote_request_returns_at_once(triton: LocalTriton)
     with pytest.raises(RemoteError):
         hasty.denoise_request(layout, specials, settings, lambda: False)
     assert remote.denoise_request(layout, specials, settings, lambda: False) == full
+
+
+def test_one_shot_complete_asks_the_server(triton: LocalTriton, tmp_path):
+    """`dlm-lsp --remote URL complete` uses the served model (no fallback), and a home where
+    the card cannot be cached does not stop it."""
+    import json
+    import os
+    import subprocess
+
+    source = tmp_path / "f.py"
+    source.write_text("def f(xs):\n    \n")
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    env = dict(os.environ, XDG_CACHE_HOME=str(blocked))
+    command = [sys.executable, "-m", "dlm_lsp", "--remote", triton.grpc_url, "complete",
+               str(source), "--line", "2", "--col", "5", "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["text"] == BLOCK and answer["provider"] == f"remote {triton.grpc_url}"
+    command[command.index(triton.grpc_url)] = DOWN
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and DOWN in done.stderr and "Traceback" not in done.stderr

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -23,6 +25,8 @@ from ..modelcard import ModelCard, ModelError, SpecialTokens, parse_card
 from ..sampler import Cancelled, DenoiseResult, SamplerSettings
 from .wire import (CARD_FILES, CARD_MODEL, COMPLETE_MODEL, RESPONSE_OUTPUTS, WireError,
                    parse_remote_url, parse_response, request_tensors)
+
+log = logging.getLogger(__name__)
 
 POLL_S = 0.01  # how often a waiting request looks at its cancellation check
 
@@ -40,6 +44,17 @@ def cache_root() -> Path:
 def _datatype(value: np.ndarray) -> str:
     return "BYTES" if value.dtype == np.object_ else {"int64": "INT64", "int32": "INT32",
                                                       "float32": "FP32"}[value.dtype.name]
+
+
+def _save(folder: Path, files: dict[str, bytes]) -> None:
+    """Write the card files into `folder` unless they are there (each write atomic)."""
+    if all((folder / name).is_file() for name in files):
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        partial = folder / f".{name}.{os.getpid()}"
+        partial.write_bytes(content)
+        partial.replace(folder / name)
 
 
 class TritonDenoiser:
@@ -116,12 +131,12 @@ class TritonDenoiser:
             files[name] = content if isinstance(content, bytes) else str(content).encode()
         digest = hashlib.sha256(b"".join(files[name] for name in CARD_FILES)).hexdigest()[:16]
         folder = (root or cache_root()) / digest
-        if not all((folder / name).is_file() for name in CARD_FILES):
-            folder.mkdir(parents=True, exist_ok=True)
-            for name, content in files.items():
-                partial = folder / f".{name}.{os.getpid()}"
-                partial.write_bytes(content)
-                partial.replace(folder / name)
+        try:
+            _save(folder, files)
+        except OSError as exc:  # a read-only home: a private folder for this process
+            log.warning("cannot cache the served card in %s (%s)", folder, exc)
+            folder = Path(tempfile.mkdtemp(prefix="dlm-lsp-card-"))
+            _save(folder, files)
         try:
             raw = json.loads(files["model.json"])
         except ValueError as exc:
