@@ -35,6 +35,7 @@ class RepoSettings:
     kind: str = "auto"  # auto (GPU when Triton sees one), gpu or cpu
     device: str = "auto"  # the ONNX Runtime device inside a GPU instance
     threads: int = 0  # ONNX Runtime CPU threads per instance; 0 = one per physical core
+    group_by_canvas: str = "auto"  # one lockstep batch per canvas length: auto (CPU), true, false
 
 
 def complete_config(s: RepoSettings) -> str:
@@ -70,6 +71,7 @@ dynamic_batching {{
 instance_group [ {{ count: {s.instances} kind: {KINDS[s.kind]} }} ]
 parameters {{ key: "device" value: {{ string_value: "{s.device}" }} }}
 parameters {{ key: "threads" value: {{ string_value: "{s.threads}" }} }}
+parameters {{ key: "group_by_canvas" value: {{ string_value: "{s.group_by_canvas}" }} }}
 """
 
 
@@ -121,7 +123,8 @@ def cmd_triton_repo(args: argparse.Namespace) -> int:
     """Write the repository and say how to serve it."""
     settings = RepoSettings(max_batch_size=args.max_batch_size,
                             max_queue_delay_us=args.max_queue_delay_us,
-                            instances=args.instances, kind=args.kind, threads=args.threads)
+                            instances=args.instances, kind=args.kind, threads=args.threads,
+                            group_by_canvas=args.group_by_canvas)
     try:
         out = write_repository(args.model_dir, args.out, settings)
     except ModelError as exc:
@@ -145,4 +148,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", choices=tuple(KINDS), default=defaults.kind)
     p.add_argument("--threads", type=int, default=defaults.threads,
                    help="ONNX Runtime CPU threads per instance (0: one per physical core)")
+    p.add_argument("--group-by-canvas", choices=("auto", "true", "false"),
+                   default=defaults.group_by_canvas,
+                   help="one lockstep batch per canvas length (auto: on CPU instances)")
     p.set_defaults(func=cmd_triton_repo)

@@ -65,3 +65,12 @@ def test_a_response_with_the_wrong_canvas_length_is_refused():
               "committed_per_step": np.array([[2]])}
     with pytest.raises(wire.WireError):
         wire.parse_response(answer, LAYOUTS[0], SPECIALS.end_of_span)
+
+
+def test_grouping_by_canvas_length_gives_the_same_answers():
+    requests = [roundtrip(wire.request_tensors(lay, s)) for lay, s in zip(LAYOUTS, SETTINGS)]
+    grouped = Batched()
+    answers = fill_requests(grouped, Card, requests, group_by_canvas=True)
+    assert sorted(grouped.batch_encodes) == [1, 1, 1, 1, 1]  # five different canvas lengths
+    plain = fill_requests(Batched(), Card, requests)
+    assert all((a[k] == b[k]).all() for a, b in zip(answers, plain) for k in a)
