@@ -1,9 +1,9 @@
 """The GPU recipe: train the shipped model on the lent H200 in one lease, one command per step.
 
     scripts/gpu_train.sh wheels      here, before the lease       ~1 min, no device time
-    scripts/gpu_train.sh prepare     there (carry .whl)           ~2.5 min, machine start included
+    scripts/gpu_train.sh prepare     there (carry .whl)           ~2.5 min (+ 1-2 machine start)
     scripts/gpu_train.sh train       there: starts the trainer    9.3 min (polls to its deadline)
-    scripts/gpu_train.sh poll        there: until training ends   ≤ 9.3 min (~8 in the plan)
+    scripts/gpu_train.sh poll        there: until training ends   ≤ 9.3 min (~7 in the plan)
     scripts/gpu_train.sh finish      there: export, verify, eval  ~4 min, results in $OUT
     scripts/gpu_train.sh unpack DIR  here: checks and reassembles what came back, runs doctor
 
@@ -59,7 +59,7 @@ GPU_PLAN = {
     "batch_size": 256, "block_rate": 0.5, "block_batch_size": 32, "block_tokens": 512,
     "block_sizes": "16,32,64", "edit_rate": 0.0,
     "lr": 2e-3, "warmup": 300, "max_minutes": 15, "max_steps": 10_000_000,
-    "eval_every": 1000, "eval_batches": 4, "em_examples": 32, "save_every": 500,
+    "eval_every": 3000, "eval_batches": 4, "em_examples": 32, "save_every": 1000,
     "workers": 15, "precision": "bf16", "compile": True, "context_attention": "causal",
 }
 # The rehearsal on a CPU: same flags, a tiny model, a one-minute time box.
@@ -329,7 +329,7 @@ class LogWatch:
     def __init__(self, log: Path, every_s: float):
         self.log, self.every_s = log, every_s
         self.offset, self.window, self.last_print = 0, [], 0.0
-        self.last_train: dict | None = None
+        self.first = True  # rows an earlier command printed: only the latest evaluation
 
     def read(self) -> None:
         if not self.log.is_file():
@@ -339,14 +339,20 @@ class LogWatch:
             data = f.read()
         complete = data[: data.rfind("\n") + 1]
         self.offset += len(complete.encode())
+        evals = []
         for line in complete.splitlines():
             row = json.loads(line)
             if row.get("kind") == "eval":
-                print("  eval " + json.dumps({k: v for k, v in row.items() if k != "kind"}),
-                      flush=True)
+                evals.append(row)
             elif row.get("kind") == "train":
                 self.window.append(row)
-                self.last_train = row
+        if self.first and self.window:
+            self.window = self.window[-5:]
+            evals = evals[-1:]
+        self.first = False
+        for row in evals:
+            print("  eval " + json.dumps({k: v for k, v in row.items() if k != "kind"}),
+                  flush=True)
 
     def report(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -618,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = step("wheels", cmd_wheels, "here: download the wheels the GPU machine lacks (~1 min)",
              deadline=False)
-    p = step("prepare", cmd_prepare, "there: install wheels, corpus, tokenizer (~1.5 min)")
+    p = step("prepare", cmd_prepare, "there: install wheels, corpus, tokenizer (~2.5 min)")
     p.add_argument("roots", nargs="*", type=lambda r: str(Path(r).resolve()),
                    help="corpus roots (default: stdlib + site-packages)")
     p.add_argument("--max-project-bytes", type=int, default=40_000_000)
@@ -642,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = step("finish", cmd_finish, "there: export, verify, held-out eval, pack (~4 min)")
     p.add_argument("--version", default="0.2.0-h200")
     p.add_argument("--note", default="trained on one H200 by scripts/gpu_train.sh")
-    p.add_argument("--export-args", type=shlex.split, default=[],
+    p.add_argument("--export-args", type=shlex.split, default=["--em-examples", "32"],
                    help="more `model_export export` flags, one string")
     p.add_argument("--eval-args", type=shlex.split, default=["--strategy", "parallel"],
                    help="`dlm-lsp eval` flags, one string")

@@ -14,6 +14,7 @@ import hashlib
 import json
 import shutil
 import tarfile
+import time
 from pathlib import Path
 
 PART_BYTES = 15 * 2**20  # under the 16 MiB per file
@@ -44,7 +45,8 @@ def pack(name: str, members: dict[str, Path], outbox: Path, part_bytes: int = PA
                 present.append({"path": arcname, "bytes": Path(path).stat().st_size})
             else:
                 missing.append(arcname)
-    manifest = {"name": name, "bytes": tar_path.stat().st_size, "sha256": sha256_of(tar_path),
+    manifest = {"name": name, "created": time.time(), "bytes": tar_path.stat().st_size,
+                "sha256": sha256_of(tar_path),
                 "members": present, "missing": missing, "parts": []}
     with open(tar_path, "rb") as f:
         for number in range(10**4):
@@ -79,41 +81,57 @@ def deliver(outbox: Path, out: Path, max_files: int = MAX_FILES,
 
 
 def assemble(folders: list[Path], out: Path) -> dict[str, Path]:
-    """Find every parcel's manifest and parts under FOLDERS (two levels deep), check each
-    part's and the whole's SHA-256, unpack each parcel into OUT/NAME; name → folder.
-    Raises ValueError naming what is missing or corrupt."""
-    found: dict[str, Path] = {}
+    """Find the parcels under FOLDERS (two levels deep) — the newest complete one of each name,
+    as several commands may return a parcel of the same name — check each part's and the
+    whole's SHA-256, unpack each into OUT/NAME; name → folder. Raises ValueError naming what
+    is missing or corrupt."""
+    found: dict[str, list[Path]] = {}
     for folder in folders:
         for pattern in ("*", "*/*", "*/*/*"):
             for path in Path(folder).glob(pattern):
                 if path.is_file():
-                    found.setdefault(path.name, path)
-    manifests = [json.loads(path.read_text()) for name, path in sorted(found.items())
-                 if name.endswith(".manifest.json")]
+                    found.setdefault(path.name, []).append(path)
+    manifests = [json.loads(path.read_text()) for name, paths in sorted(found.items())
+                 if name.endswith(".manifest.json") for path in paths]
     if not manifests:
         raise ValueError(f"no *.manifest.json under {', '.join(map(str, folders))}")
+    newest: dict[str, dict] = {}
+    for manifest in sorted(manifests, key=lambda m: m.get("created", 0)):
+        newest[manifest["name"]] = manifest
     unpacked = {}
-    for manifest in manifests:
-        name = manifest["name"]
-        absent = [p["file"] for p in manifest["parts"] if p["file"] not in found]
-        if absent:
-            raise ValueError(f"parcel {name}: parts not here: {', '.join(absent)} "
-                             f"(fetch them with another command on the device)")
-        target = out / name
-        target.mkdir(parents=True, exist_ok=True)
+    for name, manifest in newest.items():
         tar_path = out / f".{name}.tar"
+        out.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
         with open(tar_path, "wb") as tar_file:
             for part in manifest["parts"]:
-                data = found[part["file"]].read_bytes()
-                if len(data) != part["bytes"] or hashlib.sha256(data).hexdigest() != part["sha256"]:
-                    raise ValueError(f"parcel {name}: {part['file']} is corrupt (checksum)")
+                data = _part_data(found.get(part["file"], []), part)
+                if data is None:
+                    tar_path.unlink()
+                    state = "corrupt (checksum)" if part["file"] in found else "not here"
+                    raise ValueError(f"parcel {name}: {part['file']} {state}"
+                                     + ("" if part["file"] in found else
+                                        " (fetch it with another command on the device)"))
                 digest.update(data)
                 tar_file.write(data)
         if digest.hexdigest() != manifest["sha256"]:
+            tar_path.unlink()
             raise ValueError(f"parcel {name}: the whole does not match its checksum")
+        target = out / name
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
         with tarfile.open(tar_path) as tar:
             tar.extractall(target, filter="data")
         tar_path.unlink()
         unpacked[name] = target
     return unpacked
+
+
+def _part_data(candidates: list[Path], part: dict) -> bytes | None:
+    """The bytes of the candidate file that matches the part's size and checksum."""
+    for path in candidates:
+        data = path.read_bytes()
+        if len(data) == part["bytes"] and hashlib.sha256(data).hexdigest() == part["sha256"]:
+            return data
+    return None

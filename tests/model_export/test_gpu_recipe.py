@@ -34,7 +34,7 @@ def test_parcel_round_trip_across_commands(tmp_path):
     # the first command may return 3 files; a `fetch` command brings the rest
     first, left = parcel.deliver(tmp_path / "outbox", tmp_path / "out1", max_files=3)
     assert first[0] == "result.manifest.json" and left
-    with pytest.raises(ValueError, match="parts not here"):
+    with pytest.raises(ValueError, match="not here"):
         parcel.assemble([tmp_path / "out1"], tmp_path / "back")
     second, left = parcel.deliver(tmp_path / "outbox", tmp_path / "out2")
     assert not left
@@ -55,6 +55,17 @@ def test_parcel_refuses_a_corrupt_part(tmp_path):
     part.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="corrupt"):
         parcel.assemble([tmp_path / "out"], tmp_path / "back")
+
+
+def test_parcel_of_the_same_name_from_two_commands_unpacks_the_newest(tmp_path):
+    for command, size in (("train", 3000), ("poll", 5000)):  # rescue after train, after poll
+        (tmp_path / command).mkdir()
+        members = _files(tmp_path / command, {"last.pt": size})
+        parcel.pack("rescue", members, tmp_path / "outbox", part_bytes=2048)
+        parcel.deliver(tmp_path / "outbox", tmp_path / "out" / command)
+    unpacked = parcel.assemble([tmp_path / "out" / "train", tmp_path / "out" / "poll"],
+                               tmp_path / "back")
+    assert (unpacked["rescue"] / "last.pt").stat().st_size == 5000
 
 
 def test_check_out_names_what_the_device_would_not_return(tmp_path):
