@@ -9,7 +9,8 @@ itself, all editors sharing this machine's cores. Reports completions/s over the
 a common start, p50/p95 latency per completion, and the batches Triton formed (its metrics
 endpoint: requests answered / model executions).
 
-    python benchmarks/triton_load.py [--editors 1,4,16] [--requests 8] [--model DIR | --random-format2]
+    python benchmarks/triton_load.py [--editors 1,4,16] [--requests 8]
+                                     [--model DIR | --random-format2]
 
 "triton-unbatched" is the same server with `max_batch_size: 1`: what dynamic batching bought.
 """

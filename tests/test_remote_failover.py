@@ -40,7 +40,8 @@ class Clock:
 
 
 def make(fallback="local", remote_fails=False, unreachable=False):
-    remote, local, warnings, clock = FakeEngine("remote", remote_fails), FakeEngine("local"), [], Clock()
+    remote, local = FakeEngine("remote", remote_fails), FakeEngine("local")
+    warnings, clock = [], Clock()
     made = {"remote": 0, "local": 0}
 
     def remote_factory(settings):
