@@ -32,13 +32,15 @@ def test_triton_repo_writes_both_models_with_batching_and_instances(tmp_path: Pa
 
 
 def test_a_format2_model_keeps_its_shared_weights(tmp_path: Path):
-    import pytest
+    import json
 
-    pytest.importorskip("torch")
-    from tests.causal_model import build_exported_model
-
-    model = build_exported_model(tmp_path / "causal")
+    model = build_synthetic_model(tmp_path / "model")
+    card = json.loads((model / "model.json").read_text())
+    card.update(format=2, context_attention="causal", weights="weights.bin")
+    (model / "model.json").write_text(json.dumps(card))
+    (model / "weights.bin").write_bytes(b"\0" * 64)  # the repository copies, never reads it
     out = tmp_path / "repo"
     assert main(["triton-repo", str(model), str(out)]) == 0
-    card = load_card(out / "dlm_complete" / "1" / "model")
-    assert card.weights and (card.directory / card.weights).is_file()
+    served = load_card(out / "dlm_complete" / "1" / "model")
+    assert served.weights == "weights.bin" and served.causal
+    assert (served.directory / "weights.bin").read_bytes() == b"\0" * 64
