@@ -144,6 +144,8 @@ class DlmServer(LanguageServer):
         self._engine_error: str | None = None
         self._engine_lock = threading.Lock()
         self._request_ids = itertools.count(1)
+        self._protocol_loop: asyncio.AbstractEventLoop | None = None  # set at initialize
+        self._protocol_thread: int | None = None
         self.last: dict[str, Any] = {}
 
     # -- the engine, loaded once, lazily, off the protocol thread -----------------------------
@@ -194,7 +196,16 @@ class DlmServer(LanguageServer):
         log.error("%s: %s", getattr(source, "__name__", source), error)
 
     def show(self, message: str, kind: types.MessageType) -> None:
-        """window/showMessage, ignored when no client is connected (tests, one-shot use)."""
+        """window/showMessage, ignored when no client is connected (tests, one-shot use).
+
+        From a worker thread (a model that fails to load, a remote server that stops
+        answering) the message is handed to the protocol loop: two threads writing the
+        protocol stream at once could interleave their bytes.
+        """
+        loop = self._protocol_loop
+        if loop is not None and threading.get_ident() != self._protocol_thread:
+            loop.call_soon_threadsafe(self.show, message, kind)
+            return
         try:
             self.window_show_message(types.ShowMessageParams(type=kind, message=message))
         except Exception:
@@ -267,6 +278,7 @@ def create_server(settings: Settings | None = None, engine: Engine | None = None
 
     @server.feature(types.INITIALIZE)
     def initialize(ls: DlmServer, params: types.InitializeParams) -> None:
+        ls._protocol_loop, ls._protocol_thread = asyncio.get_running_loop(), threading.get_ident()
         encoding = ls.workspace.position_encoding or types.PositionEncodingKind.Utf16
         ls.store = DocumentStore(getattr(encoding, "value", encoding))
         ls.apply_settings(params.initialization_options)
