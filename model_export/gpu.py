@@ -237,7 +237,7 @@ def cmd_prepare(args) -> int:
     work = Path(args.work)
     p = paths(work)
     work.mkdir(parents=True, exist_ok=True)
-    if install_wheels(work):
+    if args.wheels and install_wheels(work):
         return 1
     report = machine_report(work)
     say(f"machine: {json.dumps(report)}")
@@ -631,6 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--val-permille", type=int, default=20, help="validation share of files")
     p.add_argument("--allow-cpu", action="store_true", help="go on without a CUDA device")
+    p.add_argument("--wheels", action=argparse.BooleanOptionalAction, default=True,
+                   help="install the wheels carried in .whl/ (the rehearsal skips them)")
     for name, func, text in (("train", cmd_train, "there: start training, poll (9.3 min)"),
                              ("poll", cmd_poll, "there: poll until training ends (≤ 9.3 min)")):
         p = step(name, func, text)

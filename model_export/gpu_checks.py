@@ -198,7 +198,7 @@ def cmd_rehearse(args) -> int:
     script = str(REPO / "scripts" / "gpu_train.sh")
     state = ["--work", str(work / "gpu")]
     steps = [
-        ("prepare", ["--allow-cpu", "--vocab-size", "1024", "--val-permille", "100",
+        ("prepare", ["--allow-cpu", "--no-wheels", "--vocab-size", "1024", "--val-permille", "100",
                      str(source)]),
         ("train", ["--plan", "rehearsal", "--deadline", str(args.train_deadline),
                    "--rescue-s", "8", "--every", "10"]),
@@ -227,7 +227,20 @@ def cmd_rehearse(args) -> int:
         timings["unpack"] = round((time.monotonic() - started) / 60, 2)
         if code:
             failed.append(f"unpack: exit {code}")
-    completion = None
+    completion, parity = None, None
+    if not failed:  # parity here, against the weights the poll step rescued
+        model = work / "back" / "result" / "model"
+        result = subprocess.run([sys.executable, "-m", "model_export", "verify", str(model),
+                                 "--checkpoint", str(work / "back" / "rescue" / "last.pt")],
+                                capture_output=True, text=True, cwd=REPO, timeout=300)
+        if result.returncode:
+            failed.append(f"verify: {result.stderr[-800:]}")
+        else:
+            try:
+                report = json.loads(result.stdout[result.stdout.index("{"):])
+                parity = report.get("parity_cpu_stored_weights", report.get("parity_cpu"))
+            except ValueError:
+                parity = result.stdout[-300:]
     if not failed:
         sample = work / "sample.py"
         sample.write_text(SAMPLE)
@@ -241,6 +254,7 @@ def cmd_rehearse(args) -> int:
             completion = json.loads(result.stdout.strip().splitlines()[-1])
     report = {"ok": not failed, "failed": failed, "minutes": timings,
               "total_minutes": round(sum(timings.values()), 2), "completion": completion,
+              "parity_here_vs_rescued_checkpoint": parity,
               "model": str(work / "back" / "result" / "model")}
     (work / "rehearsal.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
