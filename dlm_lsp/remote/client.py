@@ -108,7 +108,10 @@ class TritonDenoiser:
         if answer["error"] is not None:
             message = getattr(answer["error"], "message", lambda: str(answer["error"]))()
             raise RemoteError(f"{self.url} {model}: {message}")
-        return {name: answer["result"].as_numpy(name) for name in outputs}
+        try:
+            return {name: np.asarray(answer["result"].as_numpy(name)) for name in outputs}
+        except Exception as exc:  # an output missing: not our model behind that name
+            raise RemoteError(f"{self.url} {model}: {exc}") from exc
 
     def denoise_request(self, layout: Layout, specials: SpecialTokens,
                         settings: SamplerSettings, cancelled: Callable[[], bool]) -> DenoiseResult:
@@ -142,7 +145,10 @@ class TritonDenoiser:
         except ValueError as exc:
             raise RemoteError(f"{self.url}: the served model.json is not JSON ({exc})") from None
         raw["tokenizer"] = "tokenizer.json"  # saved under that name whatever the server's is
-        return parse_card(raw, folder)
+        try:
+            return parse_card(raw, folder)
+        except ModelError as exc:
+            raise RemoteError(f"{self.url}: the served card: {exc}") from exc
 
     def close(self) -> None:
         try:

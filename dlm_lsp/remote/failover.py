@@ -17,6 +17,7 @@ import time
 from typing import Any, Callable
 
 from ..engine import CompletionResult, Engine, FillResult
+from ..modelcard import ModelError
 from ..settings import Settings
 from .client import RemoteError, TritonDenoiser
 
@@ -153,7 +154,7 @@ class FailoverEngine:
                 if self._remote is None:
                     try:
                         self._remote = self._make_remote(self._settings)
-                    except RemoteError as exc:
+                    except ModelError as exc:  # unreachable (RemoteError), or a bad card
                         self._failed(exc)
                         return None
         return self._remote
