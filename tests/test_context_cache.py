@@ -159,3 +159,30 @@ def test_format_1_model_loads_and_answers_without_a_cache(bidirectional_model):
     assert first.plan is not None and first.context_tokens > 0
     assert second.context_tokens_encoded == second.context_tokens
     assert len(engine.contexts) == 0
+
+
+def test_server_reports_context_figures_and_drops_the_state_on_close(causal_model, tmp_path):
+    """Through the real server: dlm/status says how much of the context ran through the
+    encoder; a keystroke re-encodes a fraction; didClose drops the document's state."""
+    from tests.reliability.wire import WireServer, server_argv
+
+    text = DOCUMENT + "def count(" + AFTER
+    line = DOCUMENT.count("\n")
+    uri = "file:///walk.py"
+    with WireServer(server_argv("--model", str(causal_model), log_level="warning"),
+                    stderr_path=tmp_path / "stderr.log") as server:
+        server.initialize()
+        server.open(uri, text)
+        assert "result" in server.wait(server.inline(uri, line, len("def count(")))
+        cold = server.call("dlm/status")["result"]
+        assert cold["contextTokensEncoded"] == cold["contextTokens"] > 0
+        server.change(uri, 2, [{"range": {"start": {"line": line, "character": 10},
+                                          "end": {"line": line, "character": 10}},
+                                "text": "r"}])
+        assert "result" in server.wait(server.inline(uri, line, len("def count(r")))
+        warm = server.call("dlm/status")["result"]
+        assert 0 < warm["contextTokensEncoded"] < warm["contextTokens"] // 2, warm
+        assert warm["contextCacheDocuments"] == 1 and warm["contextCacheBytes"] > 0
+        server.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
+        after = server.call("dlm/status")["result"]
+        assert after["contextCacheDocuments"] == 0 and after["contextCacheBytes"] == 0
