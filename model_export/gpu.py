@@ -200,7 +200,43 @@ def cmd_wheels(args) -> int:
     ok, output = check_recipe_imports(names, paths(Path(args.work))["logs"] / "guard",
                                       cwd=REPO)
     print(output.splitlines()[-1] if ok else output)
-    return 0 if ok else 1
+    return 0 if ok and smoke_cp312(wheels, Path(args.work)) else 1
+
+
+WHEEL_SMOKE = """
+import importlib, tree_sitter, zstandard
+for name, source in (("python", b"x = 1"), ("javascript", b"let x = 1"), ("go", b"package a"),
+                     ("rust", b"fn a() {}")):
+    module = importlib.import_module("tree_sitter_" + name)
+    tree_sitter.Parser(tree_sitter.Language(module.language())).parse(source)
+import tree_sitter_typescript
+tree_sitter.Parser(tree_sitter.Language(tree_sitter_typescript.language_typescript()))
+assert zstandard.ZstdDecompressor().decompress(zstandard.ZstdCompressor().compress(b"ok")) == b"ok"
+print("cp312 wheels: installed and parsed with", __import__("sys").version.split()[0])
+"""
+
+
+def smoke_cp312(wheels: list[Path], work: Path) -> bool:
+    """Install the wheels as the GPU machine will (pip --no-index --target) into a CPython 3.12
+    found here, and parse with every grammar; True when no 3.12 is found (said so)."""
+    import glob
+
+    candidates = sorted(glob.glob(str(Path.home() / ".pyenv/versions/3.12*/bin/python3.12")))
+    candidates += [c for c in [shutil.which("python3.12")] if c]
+    found = next((c for c in candidates if subprocess.call(
+        [c, "-c", "pass"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) == 0), None)
+    if not found:
+        print("cp312 wheels: no python3.12 here to try them with (skipped)")
+        return True
+    site = paths(work)["logs"] / "cp312-site"
+    shutil.rmtree(site, ignore_errors=True)
+    code = subprocess.call([found, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                            "--no-compile", "--target", str(site), *map(str, wheels)],
+                           stderr=subprocess.DEVNULL)
+    result = subprocess.run([found, "-c", WHEEL_SMOKE], capture_output=True, text=True,
+                            env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, timeout=120)
+    print((result.stdout + result.stderr).strip()[-600:])
+    return code == 0 and result.returncode == 0
 
 
 # -- there: prepare -----------------------------------------------------------------------------
@@ -375,8 +411,15 @@ def watch(work: Path, deadline: float, every_s: float) -> str:
     """Poll the trainer until it exits or the deadline nears: 'done', 'failed' or 'running'."""
     p = paths(work)
     logwatch = LogWatch(p["run"] / "log.jsonl", every_s)
+    banner = False
     while True:
         logwatch.read()
+        if not banner and logwatch.window and p["train_out"].is_file():
+            # the trainer's own first lines: model size, files, device, precision, workers
+            lines = p["train_out"].read_text(errors="replace").splitlines()
+            for line in [x for x in lines if x.startswith(("model ", "resumed "))][-2:]:
+                say("trainer: " + line[:300])
+            banner = True
         logwatch.report()
         if trainer_pid(work) is None:
             logwatch.read()
