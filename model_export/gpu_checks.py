@@ -134,11 +134,11 @@ def cmd_data_rate(args) -> int:
         step_s = flops / (mfu * H200_BF16_FLOPS)
         feed = args.workers / cpu_per_step
         row[f"h200_at_{mfu:.0%}"] = {
-            "step_ms": round(1000 * step_s, 2), "steps_per_s": round(1 / step_s, 1),
+            "step_ms": float(f"{1000 * step_s:.3g}"), "steps_per_s": round(1 / step_s, 1),
             "real_tokens_per_s": round(mix("real_tokens_per_batch") / step_s),
             f"{args.workers}_workers_batches_per_s": round(feed, 1),
             "workers_outrun_step": feed * step_s > 1.0,
-            "workers_needed": round(cpu_per_step / step_s, 1)}
+            "workers_needed": float(f"{cpu_per_step / step_s:.3g}")}
     print(json.dumps(row, indent=1))
     return 0
 

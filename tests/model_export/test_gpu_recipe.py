@@ -105,6 +105,19 @@ def test_every_step_has_help(capsys):
         assert len(capsys.readouterr().out) > 100
 
 
+def test_data_rate_reports_batches_per_worker_against_the_h200_step(tiny_corpus, tiny_tokenizer,
+                                                                    capsys):
+    from model_export.gpu import main
+
+    assert main(["data-rate", "--corpus", str(tiny_corpus), "--tokenizer", str(tiny_tokenizer),
+                 "--plan", "rehearsal", "--seconds", "1", "--max-files", "0"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["infill"]["examples_per_cpu_s"] > 0 and row["blocks"]["examples_per_cpu_s"] > 0
+    at = row["h200_at_35%"]
+    assert at["step_ms"] > 0 and at["workers_needed"] > 0
+    assert at["workers_outrun_step"] == (at["15_workers_batches_per_s"] > at["steps_per_s"])
+
+
 def test_guard_refuses_what_the_gpu_machine_lacks(tmp_path):
     carried = [w.split("==")[0] for w in WHEELS]
     blocked = blocked_modules(carried)
