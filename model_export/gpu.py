@@ -37,7 +37,9 @@ from pathlib import Path
 from . import parcel
 
 REPO = Path(__file__).resolve().parent.parent
-STARTED = time.monotonic()  # the command's start: deadlines count from here
+# The device command's start: deadlines count from here. Steps chained in one command
+# (`export GPU_CALL_STARTED=$(date +%s); ... prepare && ... train`) share the first one's.
+STARTED = float(os.environ.get("GPU_CALL_STARTED") or time.time())
 HELDOUT = "benchmarks/heldout.jsonl.gz"
 
 # The wheels the GPU machine lacks, at the versions this project is tested with (cp312,
@@ -87,11 +89,11 @@ def paths(work: Path) -> dict[str, Path]:
 
 def left_s(deadline: float) -> float:
     """Seconds until this command's deadline."""
-    return deadline - (time.monotonic() - STARTED)
+    return deadline - (time.time() - STARTED)
 
 
 def say(message: str) -> None:
-    print(f"[{time.monotonic() - STARTED:6.0f}s] {message}", flush=True)
+    print(f"[{time.time() - STARTED:6.0f}s] {message}", flush=True)
 
 
 def child_env(work: Path) -> dict[str, str]:
@@ -510,6 +512,7 @@ def cmd_train(args) -> int:
         return 0
     else:
         start_trainer(work, plan, args.extra)
+    begun = time.time()
     state = watch(work, args.deadline - args.rescue_s, args.every)
     if state == "failed" and plan.get("compile") and args.eager_fallback:
         # torch.compile is the likeliest failure on a new machine: go on without it, once,
@@ -518,7 +521,7 @@ def cmd_train(args) -> int:
         shutil.rmtree(failed, ignore_errors=True)
         if p["run"].exists():
             p["run"].rename(failed)
-        used = (time.monotonic() - STARTED) / 60
+        used = (time.time() - begun) / 60
         plan = {**plan, "compile": False,
                 "max_minutes": round(max(1.0, plan["max_minutes"] - used), 1)}
         say(f"RESTARTING WITHOUT --compile for {plan['max_minutes']} minutes")

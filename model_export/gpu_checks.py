@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -67,7 +68,6 @@ def cmd_data_rate(args) -> int:
     own code: infill pools made, grouped by length and collated; block batches), the batches
     per CPU-second of the plan's mix, and the arithmetic against the H200's step for the
     plan's model (FLOPs of the measured batches at a share of the bf16 rate)."""
-    import os
     import random
 
     import torch
@@ -194,7 +194,8 @@ def cmd_rehearse(args) -> int:
     source = rehearsal_corpus(work / "src", tuple(args.packages.split(",")))
     guard = work / "guard"
     write_sitecustomize(guard, [w.split("==")[0] for w in WHEELS])
-    env = {**__import__("os").environ, "PYTHONPATH": str(guard), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": str(guard), "PYTHONUNBUFFERED": "1"}
+    env.pop("GPU_CALL_STARTED", None)  # each step a command of its own
     script = str(REPO / "scripts" / "gpu_train.sh")
     state = ["--work", str(work / "gpu")]
     steps = [
