@@ -419,7 +419,7 @@ def watch(work: Path, deadline: float, every_s: float) -> str:
         if not banner and logwatch.window and p["train_out"].is_file():
             # the trainer's own first lines: model size, files, device, precision, workers
             lines = p["train_out"].read_text(errors="replace").splitlines()
-            for line in [x for x in lines if x.startswith(("model ", "resumed "))][-2:]:
+            for line in [x for x in lines if x.startswith(("model ", "resumed "))][-1:]:
                 say("trainer: " + line[:300])
             banner = True
         logwatch.report()
@@ -514,9 +514,10 @@ def cmd_train(args) -> int:
         start_trainer(work, plan, args.extra)
     begun = time.time()
     state = watch(work, args.deadline - args.rescue_s, args.every)
-    if state == "failed" and plan.get("compile") and args.eager_fallback:
-        # torch.compile is the likeliest failure on a new machine: go on without it, once,
-        # in the minutes left (the failed run's files are kept aside)
+    if (state == "failed" and plan.get("compile") and args.eager_fallback
+            and time.time() - begun < 300):
+        # torch.compile is the likeliest early failure on a new machine: go on without it,
+        # once, in the minutes left (the failed run's files are kept aside)
         failed = work / "run.failed-compile"
         shutil.rmtree(failed, ignore_errors=True)
         if p["run"].exists():
@@ -528,7 +529,7 @@ def cmd_train(args) -> int:
         start_trainer(work, plan, args.extra)
         state = watch(work, args.deadline - args.rescue_s, args.every)
     if args.rescue:
-        rescue(work, out_dir(args))
+        safe_rescue(work, out_dir(args))
     return 1 if state == "failed" else 0
 
 
@@ -537,8 +538,16 @@ def cmd_poll(args) -> int:
     work = Path(args.work)
     state = watch(work, args.deadline - args.rescue_s, args.every)
     if args.rescue:
-        rescue(work, out_dir(args))
+        safe_rescue(work, out_dir(args))
     return 1 if state == "failed" else 0
+
+
+def safe_rescue(work: Path, out: Path | None) -> None:
+    """The rescue parcel, best effort: a failure here must not hide the poll's outcome."""
+    try:
+        rescue(work, out)
+    except Exception as exc:
+        say(f"rescue failed: {type(exc).__name__}: {exc}")
 
 
 # -- there: finish ------------------------------------------------------------------------------
