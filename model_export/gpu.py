@@ -637,7 +637,9 @@ def cmd_unpack(args) -> int:
         export = [sys.executable, "-m", "model_export", "export", "--checkpoint",
                   str(rescued / "last.pt"), "--tokenizer", str(rescued / "tokenizer.json"),
                   "--corpus", str(rescued / "corpus"), "--out", str(model),
-                  "--max-context", str(plan.get("max_context", 512))]
+                  "--max-context", str(plan.get("max_context", 512)),
+                  "--note", "exported here from the rescued float16 weights "
+                  "(scripts/gpu_train.sh unpack --export-rescue)"]
         print("no result parcel; a model directory from the rescued checkpoint:\n  "
               + " ".join(export[1:]))
         if not args.export_rescue:
