@@ -588,6 +588,7 @@ def plan_holes(
     """
     if not ranges:
         raise PlanError("no holes to fill")
+    settings = replace(settings, prefix_step=0)  # a fill is no typing: the whole budget
     spans = sorted(ranges)
     for (s0, e0), (s1, _) in zip(spans, spans[1:]):
         if s1 < e0 or (s1 == e0 and s0 == e0 == s1):

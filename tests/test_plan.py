@@ -353,3 +353,12 @@ def test_anchor_is_dropped_when_the_cursor_jumps():
     plan = plan_completion(text, 40, None, None, buckets=BUCKETS, settings=settings,
                            count_tokens=by_thirds, language_id="plaintext", anchor=far - 100)
     assert plan.window_start == 0
+
+
+def test_fills_use_the_whole_prefix_budget_without_hysteresis():
+    steady = PlanSettings(prefix_tokens=60, suffix_tokens=20, prefix_step=15)
+    plain = PlanSettings(prefix_tokens=60, suffix_tokens=20)
+    offset = LONG.index("\n", len(LONG) // 2) + 1
+    plans = [plan_holes(LONG, [(offset, offset)], None, None, buckets=BUCKETS, settings=s,
+                        count_tokens=by_thirds, language_id="plaintext") for s in (steady, plain)]
+    assert plans[0].segments == plans[1].segments
