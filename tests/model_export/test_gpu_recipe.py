@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from model_export import parcel
-from model_export.gpu import GPU_PLAN, REPO, WHEELS, build_parser, parse_sets, plan_flags
+from model_export.gpu import GPU_PLAN, REPO, build_parser, parse_sets, plan_flags
+from model_export.gpu_here import WHEELS
 from model_export.gpu_checks import check_out
 from model_export.gpu_guard import blocked_modules, write_sitecustomize
 
