@@ -483,7 +483,8 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/export", help="the model directory to write")
     p.add_argument("--name", default="dlm-lsp-default")
     p.add_argument("--version", default="0.1.0")
-    p.add_argument("--max-context", type=int, default=512)
+    p.add_argument("--max-context", type=int, default=0,
+                   help="the card's context budget (default: what the checkpoint trained with)")
     p.add_argument("--em-examples", type=int, default=64)
     p.add_argument("--threads", type=int, default=2, help="CPU threads for timings")
     p.add_argument("--repeats", type=int, default=30, help="timed runs per graph")
@@ -501,8 +502,34 @@ def add_verify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2)
 
 
-def _validation_examples(corpus: Path, tokenizer, specials, count: int, max_context: int):
-    from .data import ExampleMaker, ExampleSettings
+def trained_settings(state: dict, max_context: int = 0):
+    """The example settings a checkpoint trained with — canvas buckets and context budgets —
+    so the card says what the model learned. Checkpoints from before they were saved fall
+    back to their training arguments, then to the old defaults. `max_context` overrides."""
+    from .data import ExampleSettings
+
+    fields = dict(state.get("example_settings") or {})
+    args = state.get("args", {})
+    if not fields:
+        if args.get("buckets"):
+            fields["buckets"] = tuple(sorted(int(b) for b in str(args["buckets"]).split(",")))
+        for key in ("max_context", "suffix_tokens"):
+            if args.get(key):
+                fields[key] = int(args[key])
+    if max_context:
+        fields["max_context"] = max_context
+    fields["buckets"] = tuple(fields.get("buckets", BUCKETS))
+    settings = ExampleSettings(**{k: v for k, v in fields.items()
+                                  if k in ExampleSettings.__dataclass_fields__})
+    suffix = min(settings.suffix_tokens, settings.max_context // 4)
+    return ExampleSettings(**{**{k: getattr(settings, k)
+                                 for k in ExampleSettings.__dataclass_fields__},
+                              "suffix_tokens": suffix,
+                              "prefix_tokens": settings.max_context - 1 - suffix})
+
+
+def _validation_examples(corpus: Path, tokenizer, specials, count: int, settings):
+    from .data import ExampleMaker
     from .train import load_texts
     import random
 
@@ -510,9 +537,6 @@ def _validation_examples(corpus: Path, tokenizer, specials, count: int, max_cont
     if not path.is_file() or count <= 0:
         return []
     texts, languages = load_texts(path)
-    suffix = min(128, max_context // 4)
-    settings = ExampleSettings(max_context=max_context, prefix_tokens=max_context - 1 - suffix,
-                               suffix_tokens=suffix)
     maker = ExampleMaker(texts, languages, tokenizer, specials, settings)
     rng = random.Random(4242)
     return [maker.make(rng) for _ in range(count)]
@@ -539,8 +563,9 @@ def export_model_dir(args) -> dict:
     enc32, dec32 = export_graphs(model, specials, work)
     report["parity_fp32"] = parity(model, specials, enc32, dec32)
     print("parity fp32:", report["parity_fp32"])
+    trained = trained_settings(state, args.max_context)
     examples = _validation_examples(Path(args.corpus), tokenizer, specials, args.em_examples,
-                                    args.max_context)
+                                    trained)
     sampler = measure_sampler(model, examples, specials) if examples else None
     threshold = sampler["recommended"]["threshold"] if sampler else 0.9
     em_steps = sampler["recommended"]["max_steps"] if sampler else 16
@@ -612,7 +637,8 @@ def export_model_dir(args) -> dict:
     card = ModelCard(
         name=args.name, version=args.version, vocab_size=cfg.vocab_size,
         n_layers=cfg.n_layers, n_heads=cfg.n_heads, head_dim=cfg.head_dim,
-        special_tokens=specials, canvas_buckets=BUCKETS, max_context=args.max_context,
+        special_tokens=specials, canvas_buckets=trained.buckets,
+        max_context=trained.max_context,
         max_position=cfg.max_position,
         sampler=SamplerDefaults(threshold=recommended["threshold"],
                                 max_steps=recommended["max_steps"], remask_floor=0.0),

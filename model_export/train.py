@@ -83,6 +83,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-batch-size", type=int, default=8, help="block examples per batch")
     p.add_argument("--block-tokens", type=int, default=256, help="tokens per block example")
     p.add_argument("--block-sizes", default="16,32,64", help="block (canvas) lengths")
+    p.add_argument("--pool-batches", type=int, default=32,
+                   help="infill batches' worth of examples grouped by length at once")
+    p.add_argument("--max-pad-share", type=float, default=0.1,
+                   help="an infill batch closes before its padding passes this")
     p.add_argument("--edit-rate", type=float, default=0.0,
                    help="share of examples with edit noise (visible tokens replaced)")
     p.add_argument("--edit-share", type=float, default=0.1,
@@ -395,7 +399,8 @@ def train(args) -> dict:
     workers = default_workers(device) if args.workers < 0 else args.workers
     plan = StreamPlan(batch_size=args.batch_size, block_rate=args.block_rate,
                       block_batch_size=args.block_batch_size, block_tokens=args.block_tokens,
-                      block_sizes=tuple(int(b) for b in str(args.block_sizes).split(",")))
+                      block_sizes=tuple(int(b) for b in str(args.block_sizes).split(",")),
+                      pool_batches=args.pool_batches, max_pad_share=args.max_pad_share)
     loader = batch_loader(BatchStream(texts, languages, args.tokenizer, specials, settings, plan,
                                       args.seed, rank, step),
                           workers, pin_memory=device.type == "cuda")
@@ -410,7 +415,9 @@ def train(args) -> dict:
                     # not the subcommand's function: unpickling it would need this __main__
                     "args": {k: v for k, v in vars(args).items() if not callable(v)},
                     "example_settings": asdict(settings),
-                    "specials": vars(specials)}, out / name)
+                    "specials": vars(specials)}, out / f".{name}.tmp")
+        # a reader (the GPU recipe's rescue, a snapshot copy) never sees a half-written file
+        os.replace(out / f".{name}.tmp", out / name)
 
     def log(row: dict) -> None:
         with open(log_path, "a") as f:

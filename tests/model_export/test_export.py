@@ -241,11 +241,28 @@ def test_export_model_dir_loads_with_the_runtime_card(tiny_checkpoint, tiny_corp
     out = tmp_path / "model"
     args = parser.parse_args(["--checkpoint", str(tiny_checkpoint), "--tokenizer",
                               str(tiny_tokenizer), "--corpus", str(tiny_corpus), "--out", str(out),
-                              "--em-examples", "8", "--max-context", "96", "--threads", "1"])
+                              "--em-examples", "8", "--threads", "1"])
     report = export_model_dir(args)
     card = load_card(out)
     assert card.graphs["cpu"].dtype == "float32" and card.graphs["cuda"].dtype == "float16"
-    assert card.special_tokens == SPECIALS and card.canvas_buckets == (16, 32, 64, 128)
+    # the card says what the checkpoint trained with, not the export's defaults
+    assert card.special_tokens == SPECIALS and card.canvas_buckets == (16, 32)
+    assert card.max_context == 96
     assert card.extra["training"]["steps"] == 30
     assert report["parity_fp32"]["logits"] < 1e-4
     assert set(report["cpu_timings_ms"]) == {"fp32", "int8"}
+
+
+def test_card_settings_come_from_the_checkpoint():
+    from model_export.export import trained_settings
+
+    saved = {"example_settings": {"buckets": [16, 32], "max_context": 1024,
+                                  "suffix_tokens": 128, "prefix_tokens": 895}}
+    settings = trained_settings(saved)
+    assert settings.buckets == (16, 32) and settings.max_context == 1024
+    assert settings.prefix_tokens == 895 and settings.suffix_tokens == 128
+    # older checkpoints: their training arguments; an explicit budget overrides
+    old = {"args": {"buckets": "32,16,64", "max_context": 512, "suffix_tokens": 128}}
+    assert trained_settings(old).buckets == (16, 32, 64)
+    assert trained_settings(old, max_context=256).max_context == 256
+    assert trained_settings({}).buckets == (16, 32, 64, 128)
