@@ -271,6 +271,11 @@ class DocumentStore:
         with self._lock:
             return list(self._buffers)
 
+    def __len__(self) -> int:
+        """How many buffers are open."""
+        with self._lock:
+            return len(self._buffers)
+
     def _parse(
         self, buffer: _Buffer, text: str, edited: tree_sitter.Tree | None
     ) -> tree_sitter.Tree | None:

@@ -470,7 +470,7 @@ def create_server(settings: Settings | None = None, engine: Engine | None = None
             "contextTokensEncoded": ls.last.get("contextTokensEncoded"),
             "contextCacheBytes": engine.contexts.nbytes if engine else 0,
             "contextCacheDocuments": len(engine.contexts) if engine else 0,
-            "openDocuments": len(getattr(ls.store, "_documents", ())),
+            "openDocuments": len(ls.store),
             "settings": settings_to_wire(ls.settings),
         }
 

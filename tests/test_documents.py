@@ -156,10 +156,13 @@ def test_unknown_language_has_no_tree():
 
 def test_close_forgets_the_document():
     store = store_with("x")
+    store.open("file:///b.py", "python", 1, "y")
+    assert len(store) == 2
     store.close(URI)
     with pytest.raises(UnknownDocument):
         store.get(URI)
     store.close(URI)  # closing twice is fine
+    assert len(store) == 1
 
 
 def test_huge_buffer_has_no_tree_and_logs_once(caplog):
