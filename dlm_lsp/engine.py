@@ -80,6 +80,8 @@ class Engine:
         denoiser: Denoiser | None = None,
         card: ModelCard | None = None,
     ) -> None:
+        # what the model was loaded with (directory, device, threads), and the default for a
+        # request that brings no settings of its own
         self.settings = settings or Settings()
         directory = Path(model_dir or self.settings.model_dir or default_model_dir())
         self.card: ModelCard = card or load_card(directory)  # a remote model's card is given
@@ -112,9 +114,9 @@ class Engine:
 
     # -- settings ---------------------------------------------------------------------------
 
-    def sampler_settings(self) -> SamplerSettings:
+    def sampler_settings(self, settings: Settings | None = None) -> SamplerSettings:
         """The model card's sampler recommendation with the user's overrides."""
-        s, card = self.settings, self.card.sampler
+        s, card = settings or self.settings, self.card.sampler
         return SamplerSettings(
             threshold=card.threshold if s.threshold is None else s.threshold,
             max_steps=card.max_steps if s.max_steps is None else s.max_steps,
@@ -122,9 +124,9 @@ class Engine:
             strategy=s.strategy,
         )
 
-    def plan_settings(self) -> PlanSettings:
+    def plan_settings(self, settings: Settings | None = None) -> PlanSettings:
         """Budgets for the planner, bounded by the model's context."""
-        s, card = self.settings, self.card
+        s, card = settings or self.settings, self.card
         prefix = s.prefix_tokens
         if prefix is None:  # a causal model's cached prefix costs little: give it the room
             prefix = max(1, card.max_context - 1 - s.suffix_tokens) if card.causal else 384
@@ -172,10 +174,15 @@ class Engine:
         tree: object | None = None,
         syntax: Syntax | None = None,
         key: str | None = None,
+        settings: Settings | None = None,
         cancelled: Check = _never,
     ) -> CompletionResult:
-        """Complete at `offset` in `text`; `key` (a uri) enables the typing-through cache."""
+        """Complete at `offset` in `text`; `key` (a uri) enables the typing-through cache.
+
+        `settings` are this request's (the server's current ones); None: the engine's own.
+        """
         started = time.perf_counter()
+        settings = settings or self.settings
         if key is not None:
             cached = self.cache.lookup(key, text, offset)
             if cached is not None:
@@ -189,7 +196,7 @@ class Engine:
         plan = plan_completion(
             text, offset, tree, syntax,
             buckets=self.card.canvas_buckets,
-            settings=self.plan_settings(),
+            settings=self.plan_settings(settings),
             count_tokens=self.count_tokens,
             language_id=language_id,
             anchor=self._anchors.get(key) if key is not None else None,
@@ -197,7 +204,7 @@ class Engine:
         if key is not None:
             with self._generation_lock:
                 self._anchors[key] = plan.window_start
-        fill = self._run(plan, text, syntax, cancelled, key)
+        fill = self._run(plan, text, syntax, settings, cancelled, key)
         completion = fill.completions[0] if fill.completions else None
         if key is not None and completion is not None:
             self.cache.remember(key, text, offset, completion)
@@ -216,10 +223,12 @@ class Engine:
         *,
         tree: object | None = None,
         syntax: Syntax | None = None,
+        settings: Settings | None = None,
         cancelled: Check = _never,
         canvas_lengths: list[int] | None = None,
     ) -> FillResult:
-        """Fill (or re-write) every range of `text` in one parallel pass.
+        """Fill (or re-write) every range of `text` in one parallel pass, under `settings`
+        (None: the engine's own).
 
         `canvas_lengths` (one per range, in document order) overrides the planner's buckets:
         evaluation uses it to give the model the true middle's length (an "oracle" length).
@@ -227,13 +236,14 @@ class Engine:
         started = time.perf_counter()
         if not ranges:
             return FillResult([], elapsed_s=0.0)
+        settings = settings or self.settings
         syntax = syntax if syntax is not None else syntax_for(language_id)
         if syntax is not None and tree is None:
             tree = syntax.parser().parse(text.encode("utf-8", "surrogatepass"))
         plan = plan_holes(
             text, sorted(ranges), tree, syntax,
             buckets=self.card.canvas_buckets,
-            settings=self.plan_settings(),
+            settings=self.plan_settings(settings),
             count_tokens=self.count_tokens,
             language_id=language_id,
         )
@@ -243,7 +253,7 @@ class Engine:
             plan = dataclasses.replace(plan, holes=[
                 dataclasses.replace(h, canvas_length=int(n))
                 for h, n in zip(plan.holes, canvas_lengths)])
-        result = self._run(plan, text, syntax, cancelled)
+        result = self._run(plan, text, syntax, settings, cancelled)
         for hole, completion in zip(plan.holes, result.completions):
             if completion is None:
                 result.edits.append((hole.start, hole.end, text[hole.start : hole.end]))
@@ -252,7 +262,8 @@ class Engine:
         result.elapsed_s = time.perf_counter() - started
         return result
 
-    def fill_markers(self, snapshot, marker: str, *, cancelled: Check = _never) -> FillResult:
+    def fill_markers(self, snapshot, marker: str, settings: Settings | None = None, *,
+                     cancelled: Check = _never) -> FillResult:
         """Fill every occurrence of `marker` in a document; edits replace the markers."""
         text = snapshot.text
         markers = []
@@ -265,7 +276,7 @@ class Engine:
         # The tree no longer matches the stripped text: let fill_text parse it afresh.
         result = self.fill_text(
             stripped, [(g, g) for g in gaps], snapshot.language_id,
-            syntax=snapshot.syntax, cancelled=cancelled,
+            syntax=snapshot.syntax, settings=settings, cancelled=cancelled,
         )
         shift = len(marker)
         result.edits = [
@@ -274,18 +285,21 @@ class Engine:
         ]
         return result
 
-    def complete(self, snapshot, offset: int, *, cancelled: Check = _never) -> CompletionResult:
-        """`complete_text` on a documents.Snapshot."""
+    def complete(self, snapshot, offset: int, settings: Settings | None = None, *,
+                 cancelled: Check = _never) -> CompletionResult:
+        """`complete_text` on a documents.Snapshot, under this request's `settings`."""
         return self.complete_text(
             snapshot.text, offset, snapshot.language_id,
-            tree=snapshot.tree, syntax=snapshot.syntax, key=snapshot.uri, cancelled=cancelled,
+            tree=snapshot.tree, syntax=snapshot.syntax, key=snapshot.uri, settings=settings,
+            cancelled=cancelled,
         )
 
-    def fill(self, snapshot, ranges: list[tuple[int, int]], *, cancelled: Check = _never) -> FillResult:
-        """`fill_text` on a documents.Snapshot."""
+    def fill(self, snapshot, ranges: list[tuple[int, int]], settings: Settings | None = None, *,
+             cancelled: Check = _never) -> FillResult:
+        """`fill_text` on a documents.Snapshot, under this request's `settings`."""
         return self.fill_text(
             snapshot.text, ranges, snapshot.language_id,
-            tree=snapshot.tree, syntax=snapshot.syntax, cancelled=cancelled,
+            tree=snapshot.tree, syntax=snapshot.syntax, settings=settings, cancelled=cancelled,
         )
 
     # -- the pipeline -----------------------------------------------------------------------
@@ -309,31 +323,32 @@ class Engine:
                 segments[-1] = segments[-1][: max(0, len(segments[-1]) - excess)]
         return segments
 
-    def _document_denoiser(self, key: str | None) -> DocumentDenoiser:
+    def _document_denoiser(self, key: str | None, settings: Settings) -> DocumentDenoiser:
         """The denoiser for one request: with a key (a uri) and the cache on, it starts
         from the document's cached context."""
-        if not self.settings.context_cache:
+        if not settings.context_cache:
             self.contexts.clear()
             key = None
-        self.contexts.max_bytes = self.settings.context_cache_mb * 2**20
+        self.contexts.max_bytes = settings.context_cache_mb * 2**20
         return DocumentDenoiser(self.denoiser, self.contexts, key)
 
-    def _run(self, plan: InfillPlan, text: str, syntax: Syntax | None, cancelled: Check,
-             key: str | None = None) -> FillResult:
+    def _run(self, plan: InfillPlan, text: str, syntax: Syntax | None, settings: Settings,
+             cancelled: Check, key: str | None = None) -> FillResult:
         if not plan.holes:
             return FillResult([], plan=plan)
         segments = self._encode_segments(plan)
         layout = build_layout(
             segments, [h.canvas_length for h in plan.holes], self.card.special_tokens.file
         )
-        denoiser = self._document_denoiser(key)
+        denoiser = self._document_denoiser(key, settings)
         remote = getattr(self.denoiser, "denoise_request", None)
         if remote is not None:  # a server runs the whole loop (dlm_lsp.remote): no lock here
-            result = remote(layout, self.card.special_tokens, self.sampler_settings(), cancelled)
+            result = remote(layout, self.card.special_tokens, self.sampler_settings(settings),
+                            cancelled)
         else:
             with self._model_lock:
                 result = denoise(
-                    denoiser, layout, self.card.special_tokens, self.sampler_settings(),
+                    denoiser, layout, self.card.special_tokens, self.sampler_settings(settings),
                     cancelled,
                 )
         raw = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in result.canvases]
@@ -348,14 +363,6 @@ class Engine:
             context_tokens_encoded=denoiser.encoded_tokens,
             backend="local" if remote is None else "remote",
         )
-
-    def with_settings(self, settings: Settings) -> "Engine":
-        """This engine under other settings; the loaded model is reused unless the settings
-        name another model directory, device or thread count."""
-        if settings.model_key() != self.settings.model_key():
-            return Engine(settings=settings)
-        self.settings = settings
-        return self
 
 
 __all__ = ["Cancelled", "CompletionResult", "Engine", "FillResult", "ModelError", "PlanError"]

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import inspect
 import json
 import logging
 import sys
@@ -215,21 +214,17 @@ class Filler:
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
-        self.base_settings = engine.settings
-        self.supports_canvas = "canvas_lengths" in inspect.signature(engine.fill_text).parameters
+        self.settings = engine.settings
 
     def configure(self, config: Config) -> None:
-        """Apply a configuration's sampler settings (the loaded model is reused)."""
-        if config.canvas == "oracle" and not self.supports_canvas:
-            raise ValueError("canvas policy 'oracle' needs Engine.fill_text(canvas_lengths=...)")
+        """Take a configuration's sampler settings for the next fills (one loaded model)."""
         max_steps = config.max_steps
         if config.strategy == "left_to_right" and max_steps is None:
             max_steps = max(self.engine.card.canvas_buckets)  # every token its own step
-        settings = dataclasses.replace(
-            self.base_settings, strategy=config.strategy, max_steps=max_steps,
+        self.settings = dataclasses.replace(
+            self.engine.settings, strategy=config.strategy, max_steps=max_steps,
             threshold=config.threshold,
         )
-        self.engine = self.engine.with_settings(settings)
         self.config = config
 
     def __call__(self, task: Task) -> tuple[tuple[int, int, str] | None, int, int, float]:
@@ -241,7 +236,8 @@ class Filler:
             true_length = self.engine.count_tokens(task.middle) + 1  # + end-of-span
             kwargs["canvas_lengths"] = [self.engine.card.bucket_for(true_length)]
         started = time.perf_counter()
-        result = self.engine.fill_text(text, [(at, at)], task.language_id, **kwargs)
+        result = self.engine.fill_text(text, [(at, at)], task.language_id,
+                                       settings=self.settings, **kwargs)
         elapsed = time.perf_counter() - started
         edit = result.edits[0] if result.edits else None
         if edit is not None and edit[0] != at:  # a hole moved by the planner: keep its place
@@ -457,10 +453,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"dlm-lsp eval: {exc}", file=sys.stderr)
         return 2
     fill = Filler(engine)
-    if "oracle" in args.canvas and not fill.supports_canvas:
-        print("dlm-lsp eval: this engine cannot set canvas lengths; 'oracle' skipped",
-              file=sys.stderr)
-        args.canvas = [c for c in args.canvas if c != "oracle"] or ["auto"]
     configs = sweep(args.strategy, args.steps, args.threshold, args.canvas)
     limits = SandboxLimits(timeout_s=args.timeout, cpu_s=max(1, int(args.timeout)),
                            memory_mb=args.memory_mb)

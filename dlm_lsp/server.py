@@ -188,8 +188,6 @@ class DlmServer(LanguageServer):
             self.settings = settings
             if model_changed:
                 self._engine, self._engine_error = None, None
-            elif self._engine is not None:
-                self._engine.settings = settings
 
     def report_server_error(self, error: Exception, source) -> None:
         """Log what pygls could not handle; a popup per bad message would flood the editor."""
@@ -260,16 +258,19 @@ class DlmServer(LanguageServer):
         }
 
 
-def _complete(engine: Engine, snapshot: Snapshot, offset: int, cancelled) -> CompletionResult:
-    return engine.complete(snapshot, offset, cancelled=cancelled)
+def _complete(engine: Engine, snapshot: Snapshot, offset: int, settings: Settings,
+              cancelled) -> CompletionResult:
+    return engine.complete(snapshot, offset, settings, cancelled=cancelled)
 
 
-def _fill(engine: Engine, snapshot: Snapshot, ranges, cancelled) -> FillResult:
-    return engine.fill(snapshot, ranges, cancelled=cancelled)
+def _fill(engine: Engine, snapshot: Snapshot, ranges, settings: Settings,
+          cancelled) -> FillResult:
+    return engine.fill(snapshot, ranges, settings, cancelled=cancelled)
 
 
-def _fill_markers(engine: Engine, snapshot: Snapshot, marker: str, cancelled) -> FillResult:
-    return engine.fill_markers(snapshot, marker, cancelled=cancelled)
+def _fill_markers(engine: Engine, snapshot: Snapshot, marker: str, settings: Settings,
+                  cancelled) -> FillResult:
+    return engine.fill_markers(snapshot, marker, settings, cancelled=cancelled)
 
 
 def create_server(settings: Settings | None = None, engine: Engine | None = None) -> DlmServer:
@@ -333,7 +334,7 @@ def create_server(settings: Settings | None = None, engine: Engine | None = None
             raise InvalidParams(str(exc)) from None
         request = next(ls._request_ids)
         try:
-            result = await ls.run_model(uri, _complete, snapshot, offset,
+            result = await ls.run_model(uri, _complete, snapshot, offset, ls.settings,
                                         debounce_ms=ls.settings.debounce_ms)
         except Cancelled:
             log.debug("#%d %s superseded", request, kind)
@@ -407,7 +408,7 @@ def create_server(settings: Settings | None = None, engine: Engine | None = None
                 ranges.append((min(start, end), max(start, end)))
             work, arg = _fill, ranges
         try:
-            result = await ls.run_model("fill:" + uri, work, snapshot, arg)
+            result = await ls.run_model("fill:" + uri, work, snapshot, arg, ls.settings)
         except PlanError as exc:
             raise InvalidParams(str(exc)) from None
         except Cancelled:

@@ -14,7 +14,7 @@ class FakeEngine:
         self.name, self.fail, self.calls = name, fail, 0
         self.card, self.provider, self.settings, self.forgotten = name, name, None, []
 
-    def complete(self, snapshot, offset, *, cancelled):
+    def complete(self, snapshot, offset, settings=None, *, cancelled):
         self.calls += 1
         if self.fail:
             raise RemoteError("connection refused")
@@ -22,7 +22,7 @@ class FakeEngine:
             raise Cancelled
         return CompletionResult(None, backend=self.name)
 
-    def fill(self, snapshot, ranges, *, cancelled):
+    def fill(self, snapshot, ranges, settings=None, *, cancelled):
         self.calls += 1
         if self.fail:
             raise RemoteError("timed out")

@@ -76,14 +76,6 @@ class FailoverEngine:
     def settings(self) -> Settings:
         return self._settings
 
-    @settings.setter
-    def settings(self, settings: Settings) -> None:
-        self._settings = settings
-        for engine in (self._remote, self._local):
-            if engine is not None:
-                engine.settings = settings if engine is self._remote else \
-                    dataclasses.replace(settings, remote=None)
-
     @property
     def card(self) -> Any:
         engine = self.last_engine or self._remote or self._local
@@ -116,34 +108,42 @@ class FailoverEngine:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def complete(self, snapshot, offset: int, *, cancelled=lambda: False) -> CompletionResult:
-        return self._answer("complete", (snapshot, offset), cancelled,
+    def complete(self, snapshot, offset: int, settings: Settings | None = None, *,
+                 cancelled=lambda: False) -> CompletionResult:
+        return self._answer("complete", (snapshot, offset), settings, cancelled,
                             lambda: CompletionResult(None, backend="none"))
 
-    def fill(self, snapshot, ranges, *, cancelled=lambda: False) -> FillResult:
-        return self._answer("fill", (snapshot, ranges), cancelled,
+    def fill(self, snapshot, ranges, settings: Settings | None = None, *,
+             cancelled=lambda: False) -> FillResult:
+        return self._answer("fill", (snapshot, ranges), settings, cancelled,
                             lambda: FillResult([], backend="none"))
 
-    def fill_markers(self, snapshot, marker: str, *, cancelled=lambda: False) -> FillResult:
-        return self._answer("fill_markers", (snapshot, marker), cancelled,
+    def fill_markers(self, snapshot, marker: str, settings: Settings | None = None, *,
+                     cancelled=lambda: False) -> FillResult:
+        return self._answer("fill_markers", (snapshot, marker), settings, cancelled,
                             lambda: FillResult([], backend="none"))
 
-    def _answer(self, method: str, args: tuple, cancelled, empty: Callable[[], Any]) -> Any:
+    def _answer(self, method: str, args: tuple, settings: Settings | None, cancelled,
+                empty: Callable[[], Any]) -> Any:
+        """The remote engine's answer under this request's `settings`; the local one's (or
+        `empty()`) while the remote cannot answer."""
+        settings = settings or self._settings
         remote = self._remote_engine()
         if remote is not None:
             try:
-                result = getattr(remote, method)(*args, cancelled=cancelled)
+                result = getattr(remote, method)(*args, settings, cancelled=cancelled)
             except RemoteError as exc:
                 self._failed(exc)
             else:
                 self._recovered()
                 self.last_engine = remote
                 return result
-        if self._settings.remote_fallback != "local":
+        if settings.remote_fallback != "local":
             return empty()
         local = self._local_engine()
         self.last_engine = local
-        return getattr(local, method)(*args, cancelled=cancelled)
+        return getattr(local, method)(*args, dataclasses.replace(settings, remote=None),
+                                      cancelled=cancelled)
 
     def _remote_engine(self) -> Engine | None:
         """The remote engine, or None while the server is believed down."""
