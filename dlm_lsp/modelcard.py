@@ -7,7 +7,8 @@ A model directory holds::
     *.onnx           the encoder/decoder graphs named under "graphs"
     weights.bin      (format 2) every graph's weights, each stored once, as ONNX external data
 
-Graph signatures (names are the contract; see shared/DESIGN.md "The model contract"):
+Graph signatures (names are the contract, and are the constants below; the design note's
+section "The model contract" says why there are two graphs):
 
 * encoder: ``input_ids[B,S] int64``, ``position_ids[B,S] int64``, ``attention_mask[B,S] int64``
   → ``keys[L,B,H,S,D]``, ``values[L,B,H,S,D]`` (float32, or float16 in a fp16 variant).
@@ -38,6 +39,17 @@ CARD_FORMAT = 2  # what model_export writes; the runtime reads 1 and 2
 CARD_FORMATS = (1, 2)
 CONTEXT_ATTENTION = ("causal", "bidirectional")
 
+# The graphs' input and output names: the export writes them, the runtimes bind them.
+ENCODER_INPUTS = ("input_ids", "position_ids", "attention_mask")
+PAST_INPUTS = ("past_keys", "past_values", "past_mask")  # format 2, causal models only
+ENCODER_OUTPUTS = ("keys", "values")
+DECODER_INPUTS = ("canvas_ids", "canvas_position_ids", "keys", "values", "context_mask")
+CANVAS_MASK = "canvas_mask"  # format 2 decoders: which canvas positions of a batch are real
+DECODER_OUTPUTS = ("pred_ids", "pred_prob", "canvas_prob")
+LOGITS = "logits"  # the decoder's extra output, for evaluation
+
+DEFAULT_CANVAS_BUCKETS = (16, 32, 64, 128)  # what training cuts canvases to unless told
+
 
 class ModelError(Exception):
     """A model directory that cannot be used: missing, corrupt, or inconsistent."""
@@ -51,6 +63,11 @@ class SpecialTokens:
     mask: int  # a canvas position still to be predicted
     end_of_span: int  # closes a canvas: everything from the first one is dropped
     file: int  # first context token (start of the window); keeps the context non-empty
+
+    @property
+    def never_predicted(self) -> tuple[int, int, int]:
+        """Ids a prediction may never be (the decoder bans them): mask, pad and file."""
+        return (self.mask, self.pad, self.file)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -304,7 +304,7 @@ def denoise_batch(
     else:
         for request in batch:
             request.state = denoiser.encode(request.layout)
-    banned = sorted({specials.end_of_span, specials.mask, specials.pad, specials.file})
+    banned = sorted({specials.end_of_span, *specials.never_predicted})
     rows = [row for row, request in enumerate(batch) if request.open]
     while rows:
         for row in rows:

@@ -22,7 +22,7 @@ import torch
 
 from dlm_lsp.languages import syntax_for
 from dlm_lsp.layout import build_layout
-from dlm_lsp.modelcard import SpecialTokens
+from dlm_lsp.modelcard import DEFAULT_CANVAS_BUCKETS, SpecialTokens
 
 NODE_KINDS_SUFFIX = ("statement", "block", "body", "argument_list", "arguments", "parameters",
                      "definition", "declaration", "assignment", "expression", "call",
@@ -31,7 +31,7 @@ NODE_KINDS_SUFFIX = ("statement", "block", "body", "argument_list", "arguments",
 
 @dataclass(frozen=True, kw_only=True)
 class ExampleSettings:
-    buckets: tuple[int, ...] = (16, 32, 64, 128)  # canvas lengths
+    buckets: tuple[int, ...] = DEFAULT_CANVAS_BUCKETS  # canvas lengths
     max_context: int = 512  # file token + prefix + suffix
     prefix_tokens: int = 383  # most prefix tokens (what the server sends at most)
     suffix_tokens: int = 128  # most suffix tokens

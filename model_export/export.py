@@ -31,17 +31,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from dlm_lsp import modelcard
 from dlm_lsp.modelcard import GraphFiles, ModelCard, SamplerDefaults, SpecialTokens, load_card
 
 from .model import Denoiser
 
-ENCODER_INPUTS = ["input_ids", "position_ids", "attention_mask"]
-PAST_INPUTS = ["past_keys", "past_values", "past_mask"]  # causal models only
-ENCODER_OUTPUTS = ["keys", "values"]
-DECODER_INPUTS = ["canvas_ids", "canvas_position_ids", "keys", "values", "context_mask",
-                  "canvas_mask"]
-DECODER_OUTPUTS = ["pred_ids", "pred_prob", "canvas_prob", "logits"]
-BUCKETS = (16, 32, 64, 128)
+# The graphs as exported, in order: the card's contract, plus the decoder's canvas_mask and logits
+ENCODER_INPUTS = list(modelcard.ENCODER_INPUTS)
+PAST_INPUTS = list(modelcard.PAST_INPUTS)  # causal models only
+ENCODER_OUTPUTS = list(modelcard.ENCODER_OUTPUTS)
+DECODER_INPUTS = [*modelcard.DECODER_INPUTS, modelcard.CANVAS_MASK]
+DECODER_OUTPUTS = [*modelcard.DECODER_OUTPUTS, modelcard.LOGITS]
+BUCKETS = modelcard.DEFAULT_CANVAS_BUCKETS
 WEIGHTS_FILE = "weights.bin"
 
 
@@ -135,7 +136,7 @@ def export_graphs(model: Denoiser, specials: SpecialTokens, out_dir: Path, suffi
             input_names=encoder_inputs(model), output_names=ENCODER_OUTPUTS,
             dynamic_shapes=encoder_shapes, external_data=False, optimize=True, verbose=False,
         )
-        banned = [specials.mask, specials.pad, specials.file]
+        banned = list(specials.never_predicted)
         torch.onnx.export(
             DecoderGraph(model, banned), dec_args, str(decoder_path), dynamo=True,
             input_names=DECODER_INPUTS, output_names=DECODER_OUTPUTS,
@@ -265,10 +266,9 @@ def session(path: Path, threads: int = 0, provider: str = "CPUExecutionProvider"
 def encoder_feeds(ids, positions, mask, past_keys=None, past_values=None,
                   past_mask=None) -> dict:
     """An encoder graph's feeds (numpy); past_* only for a causal graph (None: no past)."""
-    feeds = {"input_ids": _np(ids), "position_ids": _np(positions), "attention_mask": _np(mask)}
+    feeds = dict(zip(ENCODER_INPUTS, map(_np, (ids, positions, mask))))
     if past_keys is not None:
-        feeds.update(past_keys=_np(past_keys), past_values=_np(past_values),
-                     past_mask=_np(past_mask))
+        feeds.update(zip(PAST_INPUTS, map(_np, (past_keys, past_values, past_mask))))
     return feeds
 
 
@@ -306,7 +306,7 @@ def parity(model: Denoiser, specials: SpecialTokens, encoder_path: Path, decoder
     positions are compared.
     """
     reference = model.eval() if dtype == torch.float32 else _copy(model).to(dtype)
-    torch_dec = DecoderGraph(reference, [specials.mask, specials.pad, specials.file])
+    torch_dec = DecoderGraph(reference, list(specials.never_predicted))
     enc, dec = session(encoder_path), session(decoder_path)
     np_dtype = np.float16 if dtype == torch.float16 else np.float32
     worst = {"keys": 0.0, "values": 0.0, "logits": 0.0, "pred_prob": 0.0, "canvas_prob": 0.0}

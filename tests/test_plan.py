@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dlm_lsp.languages import syntax_for
+from dlm_lsp.modelcard import DEFAULT_CANVAS_BUCKETS as BUCKETS
 from dlm_lsp.plan import (
     PlanError,
     PlanSettings,
@@ -15,7 +16,6 @@ from dlm_lsp.plan import (
     plan_holes,
 )
 
-BUCKETS = (16, 32, 64, 128)
 CURSOR = "█"
 
 

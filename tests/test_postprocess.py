@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dlm_lsp.languages import syntax_for
+from dlm_lsp.modelcard import DEFAULT_CANVAS_BUCKETS as BUCKETS
 from dlm_lsp.plan import plan_completion, plan_holes
 from dlm_lsp.postprocess import Completion, document_eol, finish
 
-BUCKETS = (16, 32, 64, 128)
 CURSOR = "█"
 
 

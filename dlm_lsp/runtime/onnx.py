@@ -22,16 +22,10 @@ from typing import Any
 import numpy as np
 
 from ..layout import Layout
-from ..modelcard import GraphFiles, ModelCard, ModelError
+from ..modelcard import (CANVAS_MASK, DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUTS,
+                         ENCODER_OUTPUTS, LOGITS, PAST_INPUTS, GraphFiles, ModelCard, ModelError)
 
 log = logging.getLogger(__name__)
-
-ENCODER_INPUTS = ("input_ids", "position_ids", "attention_mask")
-PAST_INPUTS = ("past_keys", "past_values", "past_mask")  # format 2, causal models
-ENCODER_OUTPUTS = ("keys", "values")
-DECODER_INPUTS = ("canvas_ids", "canvas_position_ids", "keys", "values", "context_mask")
-CANVAS_MASK = "canvas_mask"  # format 2 decoders: padded canvases in a batch
-DECODER_OUTPUTS = ("pred_ids", "pred_prob", "canvas_prob")
 
 
 def _import_ort() -> Any:
@@ -125,7 +119,7 @@ class OnnxDenoiser:
             self._open(card.graphs_for("cpu"), ["CPUExecutionProvider"], threads)
         self._device = "cuda" if self.provider == "CUDA" else "cpu"
         self._check_signatures()
-        self.returns_logits = "logits" in {o.name for o in self.decoder.get_outputs()}
+        self.returns_logits = LOGITS in {o.name for o in self.decoder.get_outputs()}
         encoder_inputs = {i.name: i for i in self.encoder.get_inputs()}
         self._takes_past = set(PAST_INPUTS) <= set(encoder_inputs)
         self._pads_canvas = CANVAS_MASK in {i.name for i in self.decoder.get_inputs()}
@@ -219,9 +213,8 @@ class OnnxDenoiser:
     def _run_encoder(self, ids, positions, mask, past, past_mask) -> tuple[Any, Any]:
         """One encoder call; `past` (keys, values) with `past_mask` or None (an empty past)."""
         binding = self.encoder.io_binding()
-        binding.bind_cpu_input("input_ids", ids)
-        binding.bind_cpu_input("position_ids", positions)
-        binding.bind_cpu_input("attention_mask", mask)
+        for name, value in zip(ENCODER_INPUTS, (ids, positions, mask)):
+            binding.bind_cpu_input(name, value)
         if self._takes_past:
             if past is None:
                 L, H, D = self._kv_shape
@@ -233,13 +226,13 @@ class OnnxDenoiser:
                 else:
                     binding.bind_ortvalue_input(name, value)
         if self._device == "cpu":  # numpy out: extending and caching need host arrays
-            binding.bind_output("keys", "cpu")
-            binding.bind_output("values", "cpu")
+            for name in ENCODER_OUTPUTS:
+                binding.bind_output(name, "cpu")
             self.encoder.run_with_iobinding(binding)
             keys, values = binding.copy_outputs_to_cpu()
             return keys, values
-        binding.bind_output("keys", self._device)
-        binding.bind_output("values", self._device)
+        for name in ENCODER_OUTPUTS:
+            binding.bind_output(name, self._device)
         self.encoder.run_with_iobinding(binding)
         keys, values = binding.get_outputs()
         return keys, values
@@ -296,21 +289,18 @@ class OnnxDenoiser:
                      need_logits: bool) -> tuple[np.ndarray, ...]:
         binding = self.decoder.io_binding()
         canvas_ids = np.ascontiguousarray(canvas_ids, dtype=np.int64)
-        binding.bind_cpu_input("canvas_ids", canvas_ids)
-        binding.bind_cpu_input(
-            "canvas_position_ids", np.ascontiguousarray(canvas_positions, dtype=np.int64)
-        )
-        for name, value in (("keys", state.keys), ("values", state.values)):
+        feeds = (canvas_ids, np.ascontiguousarray(canvas_positions, dtype=np.int64),
+                 state.keys, state.values, state.context_mask)
+        for name, value in zip(DECODER_INPUTS, feeds):
             if isinstance(value, np.ndarray):
                 binding.bind_cpu_input(name, value)
             else:
                 binding.bind_ortvalue_input(name, value)
-        binding.bind_cpu_input("context_mask", state.context_mask)
         if self._pads_canvas:
             if canvas_mask is None:
                 canvas_mask = np.ones(canvas_ids.shape, bool)
             binding.bind_cpu_input(CANVAS_MASK, np.ascontiguousarray(canvas_mask, dtype=bool))
-        names = DECODER_OUTPUTS + (("logits",) if need_logits else ())
+        names = DECODER_OUTPUTS + ((LOGITS,) if need_logits else ())
         for name in names:
             binding.bind_output(name, "cpu")
         self.decoder.run_with_iobinding(binding)
