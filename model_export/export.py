@@ -415,59 +415,33 @@ def compare_timings(variants: dict, threads: int = 2, context: int = 512, canvas
 def onnx_exact_match(encoder_path: Path, decoder_path: Path, examples, specials: SpecialTokens,
                      threshold: float = 0.9, threads: int = 2,
                      max_steps: int = 16) -> tuple[float, float]:
-    """Exact-match of the parallel sampler run through ONNX Runtime, one example at a time."""
-    from .sampling import until_end
+    """Exact-match of the server's sampler run through ONNX Runtime as the server runs it
+    (`OnnxDenoiser`, CPU): (rate over holes, mean steps per example)."""
+    from dlm_lsp.runtime import OnnxDenoiser
 
-    enc, dec = session(encoder_path, threads), session(decoder_path, threads)
-    hits = total = steps = 0
-    for example in examples:
-        ctx = np.array([example.context_ids], np.int64)
-        keys, values = enc.run(None, {"input_ids": ctx,
-                                      "position_ids": np.array([example.context_positions]),
-                                      "attention_mask": np.ones_like(ctx), **empty_past(enc, 1)})
-        canvas = np.full((1, len(example.canvas_ids)), specials.mask, np.int64)
-        feeds = {"canvas_position_ids": np.array([example.canvas_positions], np.int64),
-                 "keys": keys, "values": values, "context_mask": np.ones_like(ctx),
-                 **canvas_mask(dec, 1, canvas.shape[1])}
-        for step in range(max_steps):
-            if not (canvas == specials.mask).any():
-                break
-            pred, prob, _ = dec.run(["pred_ids", "pred_prob", "canvas_prob"],
-                                    {**feeds, "canvas_ids": canvas})
-            masked = canvas == specials.mask
-            conf = np.where(masked, prob, -1.0)
-            commit = masked & (conf >= threshold)
-            commit[0, conf[0].argmax()] = True
-            if step + 1 == max_steps:  # out of steps: take every remaining prediction
-                commit = masked
-            canvas = np.where(commit, pred, canvas)
-            steps += 1
-        row = canvas[0].tolist()
-        for start, length in example.holes:
-            got = until_end(row[start: start + length], specials.end_of_span)
-            want = until_end(example.canvas_ids[start: start + length], specials.end_of_span)
-            hits += got == want
-            total += 1
-    return hits / max(total, 1), steps / max(len(examples), 1)
+    from .sampling import exact_match, graphs_card
+
+    denoiser = OnnxDenoiser(graphs_card(encoder_path, decoder_path, specials), "cpu", threads)
+    return exact_match(denoiser, examples, specials, threshold, max_steps)
 
 
 # -- sampler settings --------------------------------------------------------------------------
 
 def measure_sampler(model: Denoiser, examples, specials: SpecialTokens,
                     thresholds=(0.5, 0.7, 0.9), step_caps=(4, 8, 16)) -> dict:
-    """Validation exact-match and steps over a grid; recommends the cheapest near-best setting."""
-    from .data import collate
-    from .sampling import exact_matches, infill
+    """Validation exact-match and steps of the server's sampler (over the PyTorch model) on a
+    grid; recommends the cheapest near-best setting."""
+    from .sampling import exact_match
+    from .torch_denoiser import TorchDenoiser
 
+    denoiser = TorchDenoiser(model, specials)
     grid = []
-    batch = collate(examples, specials.pad)
     for cap in step_caps:
         for threshold in thresholds:
-            canvas, steps = infill(model, batch, specials, threshold, max_steps=cap)
-            hits, total = exact_matches(canvas, examples, specials.end_of_span)
+            rate, steps = exact_match(denoiser, examples, specials, threshold, cap,
+                                      chunk=max(1, len(examples)))
             grid.append({"threshold": threshold, "max_steps": cap,
-                         "exact_match": round(hits / max(total, 1), 4),
-                         "mean_steps": round(float(steps.float().mean()), 2)})
+                         "exact_match": round(rate, 4), "mean_steps": round(steps, 2)})
     best = max(g["exact_match"] for g in grid)
     good = [g for g in grid if g["exact_match"] >= best - 0.01]
     pick = min(good, key=lambda g: (g["mean_steps"], -g["exact_match"], -g["threshold"]))

@@ -1,10 +1,13 @@
-"""A PyTorch `Denoiser` (the `dlm_lsp.sampler` protocol), for parity tests against ONNX Runtime.
+"""The PyTorch runtime: a `dlm_lsp.sampler.DenoiserRuntime` over the `nn.Module` denoiser.
 
     denoiser = TorchDenoiser.from_checkpoint("runs/model/last.pt")
     state = denoiser.encode(layout)
     pred_ids, pred_prob, canvas_prob = denoiser.denoise_step(state, canvas_ids, canvas_positions)
 
-Outputs match the decoder graph: mask, pad and file are never predicted; probabilities float32.
+Outputs match the decoder graph: the card's never-predicted ids (mask, pad, file) are banned,
+probabilities are float32, and the logits come back when asked (`returns_logits`). The batch
+calls (`encode_batch`, `denoise_step_batch`) let training's exact-match run the server's
+sampler over many examples in lockstep, on the model's own device.
 """
 
 from __future__ import annotations
@@ -23,46 +26,81 @@ from .model import Denoiser, DenoiserConfig
 
 @dataclass
 class TorchState:
-    keys: torch.Tensor  # (L, 1, H, S, D)
+    keys: torch.Tensor  # (L, B, H, S, D)
     values: torch.Tensor
-    context_mask: torch.Tensor  # (1, S) int64
+    context_mask: torch.Tensor  # (B, S) int64
 
 
 class TorchDenoiser:
+    """Encoder and decoder calls of a PyTorch `Denoiser`, as the ONNX runtime makes them."""
+
+    returns_logits = True
+
     def __init__(self, model: Denoiser, specials: SpecialTokens):
-        self.model = model.eval()
+        self.model = model  # the caller decides train/eval mode (training's model is shared)
         self.specials = specials
-        banned = torch.zeros(model.cfg.vocab_size)
-        banned[[specials.mask, specials.pad, specials.file]] = float("-inf")
-        self.banned = banned
+        self.device = next(model.parameters()).device
+        banned = torch.zeros(model.cfg.vocab_size, device=self.device)
+        banned[list(specials.never_predicted)] = float("-inf")
+        self.banned = banned  # (V,)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> TorchDenoiser:
         state = torch.load(path, map_location="cpu", weights_only=False)
         model = Denoiser(DenoiserConfig.from_dict(state["config"]))
         model.load_state_dict(state["model"])
-        return cls(model, SpecialTokens(**state["specials"]))
+        return cls(model.eval(), SpecialTokens(**state["specials"]))
+
+    def _tensor(self, array) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(array, dtype=np.int64), device=self.device)
 
     @torch.no_grad()
     def encode(self, layout: Layout) -> TorchState:
-        ids = torch.tensor([layout.context_ids], dtype=torch.long)  # (1, S)
-        positions = torch.tensor([layout.context_positions], dtype=torch.long)
-        mask = torch.ones_like(ids)
-        keys, values = self.model.encode(ids, positions, mask)
-        return TorchState(keys, values, mask)
+        return self.encode_batch([layout])
+
+    @torch.no_grad()
+    def encode_batch(self, layouts: list[Layout]) -> TorchState:
+        """Several contexts in one call, right-padded to the longest (mask 0)."""
+        length = max(len(layout.context_ids) for layout in layouts)
+        ids = np.full((len(layouts), length), self.specials.pad, np.int64)  # (B, S)
+        positions = np.zeros_like(ids)
+        mask = np.zeros_like(ids)
+        for row, layout in enumerate(layouts):
+            n = len(layout.context_ids)
+            ids[row, :n] = layout.context_ids
+            positions[row, :n] = layout.context_positions
+            mask[row, :n] = 1
+        mask_t = self._tensor(mask)
+        keys, values = self.model.encode(self._tensor(ids), self._tensor(positions), mask_t)
+        return TorchState(keys, values, mask_t)
 
     @torch.no_grad()
     def denoise_step(self, state: TorchState, canvas_ids: np.ndarray,
-                     canvas_positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One parallel prediction for every canvas position: (pred_ids, pred_prob, canvas_prob)."""
-        canvas = torch.from_numpy(np.asarray(canvas_ids, dtype=np.int64))  # (B, C)
-        positions = torch.from_numpy(np.asarray(canvas_positions, dtype=np.int64))
-        B = canvas.shape[0]
-        keys = state.keys.expand(-1, B, -1, -1, -1)
-        values = state.values.expand(-1, B, -1, -1, -1)
-        mask = state.context_mask.expand(B, -1)
-        logits = self.model.denoise(canvas, positions, keys, values, mask).float() + self.banned
-        probs = logits.softmax(-1)  # (B, C, V)
-        pred_prob, pred_ids = probs.max(-1)
+                     canvas_positions: np.ndarray, need_logits: bool = False
+                     ) -> tuple[np.ndarray, ...]:
+        """One parallel prediction for every canvas position of (1, C) canvases against one
+        context: (pred_ids, pred_prob, canvas_prob[, logits])."""
+        canvas_ids = np.asarray(canvas_ids)
+        mask = np.ones(canvas_ids.shape, bool)
+        B = canvas_ids.shape[0]
+        state = TorchState(state.keys.expand(-1, B, -1, -1, -1),
+                           state.values.expand(-1, B, -1, -1, -1),
+                           state.context_mask.expand(B, -1))
+        return self.denoise_step_batch(state, canvas_ids, canvas_positions, mask, need_logits)
+
+    @torch.no_grad()
+    def denoise_step_batch(self, state: TorchState, canvas_ids: np.ndarray,
+                           canvas_positions: np.ndarray, canvas_mask: np.ndarray,
+                           need_logits: bool = False) -> tuple[np.ndarray, ...]:
+        """One decoder call for (B, C) canvases against `encode_batch`'s state; `canvas_mask`
+        (B, C) marks real positions (outputs at the others mean nothing)."""
+        canvas = self._tensor(canvas_ids)  # (B, C)
+        real = torch.as_tensor(np.asarray(canvas_mask, dtype=bool), device=self.device)
+        logits = self.model.denoise(canvas, self._tensor(canvas_positions), state.keys,
+                                    state.values, state.context_mask, real).float()
+        logits = logits + self.banned  # (B, C, V)
+        probs = logits.softmax(-1)
+        pred_prob, pred_ids = probs.max(-1)  # (B, C)
         canvas_prob = probs.gather(-1, canvas[..., None]).squeeze(-1)
-        return pred_ids.numpy(), pred_prob.numpy(), canvas_prob.numpy()
+        out = (pred_ids.cpu().numpy(), pred_prob.cpu().numpy(), canvas_prob.cpu().numpy())
+        return out + (logits.cpu().numpy(),) if need_logits else out

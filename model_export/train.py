@@ -34,7 +34,7 @@ from .corpus import corpus_stats, read_corpus
 from .data import (Batch, BlockBatch, ExampleMaker, ExampleSettings, batch_tokens_masked_ce,
                    block_noise_level, collate, edit_noise, mask_canvas, row_loss)
 from .model import CONTEXT_ATTENTION, Denoiser, DenoiserConfig, block_diffusion_mask, block_mask
-from .sampling import exact_matches, infill
+from .sampling import exact_match
 from .stream import BatchStream, StreamPlan, batch_loader
 from .tokenizer import load_tokenizer, special_tokens
 
@@ -264,16 +264,12 @@ class Validator:
 
     @torch.no_grad()
     def exact_match(self, model, device, threshold: float = 0.9, chunk: int = 16):
-        """(exact-match rate over holes, mean denoiser steps per example)."""
-        hits = total = steps = 0
-        specials = self.maker.specials
-        for i in range(0, len(self.em), chunk):
-            examples = self.em[i: i + chunk]
-            batch = collate(examples, specials.pad).to(device)
-            canvas, used = infill(model, batch, specials, threshold, self.em_max_steps)
-            h, t = exact_matches(canvas.cpu(), examples, specials.end_of_span)
-            hits, total, steps = hits + h, total + t, steps + int(used.sum())
-        return hits / max(total, 1), steps / max(len(self.em), 1)
+        """(exact-match rate over holes, mean denoiser steps per example) of the server's
+        sampler run over the model (on its own device) through the PyTorch runtime."""
+        from .torch_denoiser import TorchDenoiser
+
+        return exact_match(TorchDenoiser(model, self.maker.specials), self.em,
+                           self.maker.specials, threshold, self.em_max_steps, chunk)
 
 
 def plot_log(log_path: Path, out: Path) -> None:

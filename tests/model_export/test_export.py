@@ -104,6 +104,36 @@ def test_torch_denoiser_matches_decoder_graph(tiny_model, fp32_graphs):
     assert np.abs(got[1] - want[1]).max() < 1e-5 and np.abs(got[2] - want[2]).max() < 1e-5
 
 
+def test_exact_match_runs_the_servers_sampler_through_either_runtime(tiny_model, fp32_graphs):
+    """Training (PyTorch) and export (ONNX Runtime) measure exact-match with the server's own
+    sampler, in lockstep batches: both runtimes fill the same canvases in the same steps."""
+    from dlm_lsp.runtime import OnnxDenoiser
+    from dlm_lsp.sampler import SamplerSettings, denoise_batch
+    from model_export.data import Example
+    from model_export.sampling import example_layout, exact_match, graphs_card
+    from model_export.torch_denoiser import TorchDenoiser
+
+    rng = np.random.default_rng(0)
+    examples = []
+    for S, C in ((7, 16), (40, 32), (3, 16)):
+        context = [SPECIALS.file] + rng.integers(4, 300, S - 1).tolist()
+        examples.append(Example(context, list(range(S)), [SPECIALS.end_of_span] * C,
+                                list(range(S, S + C)), [(0, C)], [0]))
+    torch_runtime = TorchDenoiser(tiny_model, SPECIALS)
+    onnx_runtime = OnnxDenoiser(graphs_card(*fp32_graphs, SPECIALS), "cpu", 1)
+    settings = SamplerSettings(threshold=0.5, max_steps=8)
+    layouts = [example_layout(e) for e in examples]
+    want = denoise_batch(torch_runtime, layouts, SPECIALS, settings)
+    got = denoise_batch(onnx_runtime, layouts, SPECIALS, settings)
+    assert [r.canvases for r in got] == [r.canvases for r in want]
+    assert [r.steps for r in got] == [r.steps for r in want]
+    filled = want[0].canvases[0]
+    examples[0].canvas_ids = filled + [SPECIALS.end_of_span] * (16 - len(filled))
+    rate, steps = exact_match(torch_runtime, examples, SPECIALS, 0.5, 8, chunk=2)
+    assert (rate, steps) == exact_match(onnx_runtime, examples, SPECIALS, 0.5, 8)
+    assert rate >= 1 / 3 and steps == sum(r.steps for r in want) / 3
+
+
 def test_onnx_encoder_in_pieces_equals_torch_at_once(tiny_model, fp32_graphs):
     """A causal context encoded through the graph in several calls at random split points,
     each extending the last through past keys/values, equals PyTorch's single call."""
