@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from .documents import Snapshot
 from .languages import language_id_for_path
 from .server import plain
 from .stats import format_table, mean, progress, ratio, summarize
@@ -72,29 +73,19 @@ class Sample:
         return self.text[: self.offset] + self.expected + self.text[self.offset :]
 
 
+def _snapshot(text: str) -> Snapshot:
+    return Snapshot(uri="", language_id="", version=0, text=text, tree=None, syntax=None)
+
+
 def utf16_position(text: str, offset: int) -> tuple[int, int]:
-    """LSP (line, character) of a str offset, characters counted in UTF-16 code units."""
-    line = text.count("\n", 0, offset)
-    start = text.rfind("\n", 0, offset) + 1
-    return line, len(text[start:offset].encode("utf-16-le")) // 2
+    """LSP (line, character) of a str offset, characters counted in UTF-16 code units (as the
+    server counts them: `documents.Snapshot`)."""
+    return _snapshot(text).position_at(offset)
 
 
 def utf16_offset(text: str, line: int, character: int) -> int:
     """The str offset of an LSP (line, UTF-16 character) position, clamped to the line."""
-    start = 0
-    for _ in range(line):
-        newline = text.find("\n", start)
-        if newline < 0:
-            return len(text)
-        start = newline + 1
-    end = text.find("\n", start)
-    end = len(text) if end < 0 else end
-    units = 0
-    for index in range(start, end):
-        if units >= character:
-            return index
-        units += 2 if ord(text[index]) > 0xFFFF else 1
-    return end
+    return _snapshot(text).offset_at(line, character)
 
 
 def default_files() -> Path:

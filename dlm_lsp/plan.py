@@ -34,15 +34,13 @@ from typing import Literal
 import tree_sitter
 
 from dlm_lsp.languages import Syntax
+from dlm_lsp.text import (BRACE_LANGUAGES, OPENERS, indent_of, line_end, line_start,
+                          next_line_start, previous_line_start, tokens)
 
 Scope = Literal["line", "statement", "block", "span"]
 CountTokens = Callable[[str], int]
 
 CLOSERS = frozenset(")]}\"'`;:,")
-_PAIRS = {"(": ")", "[": "]", "{": "}"}
-_BRACE_LANGUAGES = frozenset(
-    {"javascript", "javascriptreact", "typescript", "typescriptreact", "go", "rust"}
-)
 _PY_COMPOUND = re.compile(
     r"^\s*(async\s+)?(def|class|if|elif|else|for|while|with|try|except|finally|match|case)\b"
 )
@@ -50,7 +48,6 @@ _CASE_LABEL = re.compile(r"^\s*(case\b.*|default\s*):$")
 _CONTROL = re.compile(r"\b(if|else|match|while|for|loop|unsafe|async|move|switch|select|func|fn)\b")
 _SCAN_CHARS = 20_000  # the bracket scan never lexes more (minified one-line files)
 _CHARS_PER_TOKEN = 32  # generous: cursor-line pieces longer than budget * this are cut first
-_RUST_CHAR = re.compile(r"'(\\.[^']{0,8}|[^\\'])'")  # a char literal, not a lifetime `'a`
 _WORD_OPENER = re.compile(r"(^|\W)(do|then|begin|else)$")
 # `{` whose parent is one of these opens a value (an object literal), not a block of statements
 _LITERAL_BRACES = frozenset(
@@ -126,37 +123,6 @@ class _Shape:
 # ---------------------------------------------------------------------------- text helpers
 
 
-def line_start(text: str, pos: int) -> int:
-    """Offset of the start of the line holding `pos` (\\n, \\r\\n and \\r end lines)."""
-    return max(text.rfind("\n", 0, pos), text.rfind("\r", 0, pos)) + 1
-
-
-def line_end(text: str, pos: int) -> int:
-    """Offset of the end of the line holding `pos`, before its line break."""
-    ends = [i for i in (text.find("\n", pos), text.find("\r", pos)) if i >= 0]
-    return min(ends) if ends else len(text)
-
-
-def _previous_line_start(text: str, start: int) -> int:
-    """Start of the line before the one starting at `start` (which must be > 0)."""
-    back = start - 1
-    if text[back] == "\n" and back > 0 and text[back - 1] == "\r":
-        back -= 1
-    return line_start(text, back)
-
-
-def _next_line_start(text: str, end: int) -> int:
-    """Start of the line after the one ending (before its break) at `end`."""
-    if text.startswith("\r\n", end):
-        return end + 2
-    return min(end + 1, len(text))
-
-
-def indent_of(line: str) -> int:
-    """Leading whitespace characters of a line."""
-    return len(line) - len(line.lstrip(" \t"))
-
-
 def only_closers(after: str) -> bool:
     """Whether the text after the cursor is only closing punctuation (and spaces)."""
     stripped = after.strip()
@@ -168,7 +134,7 @@ def _previous_nonblank(text: str, start: int, limit: int = 50) -> str | None:
     for _ in range(limit):
         if start == 0:
             return None
-        start = _previous_line_start(text, start)
+        start = previous_line_start(text, start)
         line = text[start : line_end(text, start)]
         if line.strip():
             return line
@@ -180,7 +146,7 @@ def _next_nonblank(text: str, end: int, limit: int = 50) -> str | None:
     for _ in range(limit):
         if end >= len(text):
             return None
-        start = _next_line_start(text, end)
+        start = next_line_start(text, end)
         end = line_end(text, start)
         if text[start:end].strip():
             return text[start:end]
@@ -190,71 +156,23 @@ def _next_nonblank(text: str, end: int, limit: int = 50) -> str | None:
 # ---------------------------------------------------------------------------- bracket scan
 
 
-def _comment_markers(language_id: str) -> tuple[str, ...]:
-    if language_id == "python":
-        return ("#",)
-    if language_id in _BRACE_LANGUAGES:
-        return ("//",)
-    return ("#", "//")
-
-
 def open_brackets(text: str, start: int, end: int, language_id: str) -> tuple[list[int], bool]:
     """Offsets of the brackets still open at `end` when lexing from `start`, and whether `end`
-    lies inside a string or comment. Strings and comments are skipped (roughly: quotes end at
-    the line end unless triple-quoted or backticks; Rust lifetimes are not char literals)."""
-    comments = _comment_markers(language_id)
+    lies inside (or at the closing quote of) a string, or inside a comment."""
     stack: list[int] = []
-    i = start
-    while i < end:
-        c = text[i]
-        if c in _PAIRS:
-            stack.append(i)
-        elif c in ")]}":
-            if stack and _PAIRS[text[stack[-1]]] == c:
-                stack.pop()
-        elif c in "\"'`":
-            close = _string_end(text, i, end, language_id)
-            if close is None:
-                i += 1
-                continue
-            if close >= end:
-                return stack, True
-            i = close
+    for token in tokens(text, start, end, language_id):
+        if token.kind == "string" and token.stop >= end:
+            return stack, True
+        if token.kind == "comment" and not token.closed:
+            return stack, True
+        if token.kind != "bracket":
             continue
-        elif any(text.startswith(m, i) for m in comments):
-            i = line_end(text, i)
-            if i >= end:
-                return stack, True
-            continue
-        elif c == "/" and text.startswith("/*", i) and language_id in _BRACE_LANGUAGES:
-            close = text.find("*/", i + 2, end)
-            if close < 0:
-                return stack, True
-            i = close + 2
-            continue
-        i += 1
+        c = text[token.start]
+        if c in OPENERS:
+            stack.append(token.start)
+        elif stack and OPENERS[text[stack[-1]]] == c:
+            stack.pop()
     return stack, False
-
-
-def _string_end(text: str, i: int, end: int, language_id: str) -> int | None:
-    """Offset just after the string literal starting at `i` (`end` or more when it runs past;
-    None when the quote does not start a string, like a Rust lifetime)."""
-    quote = text[i]
-    if quote == "'" and language_id == "rust" and not _RUST_CHAR.match(text, i):
-        return None
-    if language_id == "python" and text.startswith(quote * 3, i):
-        close = text.find(quote * 3, i + 3, end)
-        return end if close < 0 else close + 3
-    stop = end if quote == "`" else min(end, line_end(text, i))
-    j = i + 1
-    while j < stop:
-        if text[j] == "\\":
-            j += 2
-        elif text[j] == quote:
-            return j + 1
-        else:
-            j += 1
-    return end if stop >= end else stop
 
 
 def _scan_start(text: str, cursor_line_start: int, limit: int) -> int:
@@ -267,7 +185,7 @@ def _scan_start(text: str, cursor_line_start: int, limit: int) -> int:
             return start
         if start == 0:
             return 0
-        start = _previous_line_start(text, start)
+        start = previous_line_start(text, start)
     return start
 
 
@@ -304,7 +222,7 @@ def _ends_with_opener(text: str, offset: int, before: str, language_id: str, tre
     last = stripped[-1]
     if language_id == "python":
         return last == ":" and bool(_PY_COMPOUND.match(stripped))
-    if language_id in _BRACE_LANGUAGES:
+    if language_id in BRACE_LANGUAGES:
         if last == "{":
             return _brace_opens_block(text, offset - (len(before) - len(stripped)) - 1, tree)
         return bool(_CASE_LABEL.match(stripped))
@@ -389,7 +307,7 @@ def _line_offset_end(text: str, line: str, below_start: int) -> int:
     """Offset of the end of `line`, the closest non-blank line above `below_start`."""
     pos = below_start
     while pos > 0:
-        pos = _previous_line_start(text, pos)
+        pos = previous_line_start(text, pos)
         if text.startswith(line, pos) and line_end(text, pos) == pos + len(line):
             return pos + len(line.rstrip())
     return len(line.rstrip())
@@ -410,7 +328,7 @@ def _take_lines_before(text, pos, floor, budget, count_tokens) -> int:
     """Move `pos` (a line start) up, whole lines at a time, while they fit `budget`."""
     used = 0
     while pos > floor:
-        prev = max(_previous_line_start(text, pos), floor)
+        prev = max(previous_line_start(text, pos), floor)
         cost = count_tokens(text[prev:pos])
         if used + cost > budget:
             break
@@ -422,7 +340,7 @@ def _take_lines_after(text, pos, ceiling, budget, count_tokens) -> int:
     """Move `pos` (a line end or the document end) down, whole lines at a time."""
     used = 0
     while pos < ceiling:
-        nxt = min(line_end(text, _next_line_start(text, pos)), ceiling)
+        nxt = min(line_end(text, next_line_start(text, pos)), ceiling)
         cost = count_tokens(text[pos:nxt])
         if used + cost > budget:
             break
@@ -525,7 +443,7 @@ def _fit_exactly(text, start, first, last, end, cap, count_tokens) -> tuple[int,
         if prefix + suffix <= cap:
             return start, end
         if prefix >= suffix and start < first:
-            nxt = _next_line_start(text, line_end(text, start))
+            nxt = next_line_start(text, line_end(text, start))
             start = nxt if start < nxt <= first else first
         elif end > last:
             last_line = line_start(text, end)

@@ -23,10 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from dlm_lsp.languages import Syntax
-from dlm_lsp.plan import InfillPlan, Hole, indent_of, line_end, line_start
+from dlm_lsp.plan import InfillPlan, Hole
+from dlm_lsp.text import OPENERS, QUOTES, indent_of, line_end, line_start, split_lines, tokens
 
-_CLOSE_OF = {"(": ")", "[": "]", "{": "}"}
-_QUOTES = "\"'`"
 _LONE_CR = re.compile(r"\r(?!\n)")
 
 
@@ -75,10 +74,6 @@ class Context:
 Filter = Callable[[Draft, Context], "Draft | None"]
 
 
-def _lines(text: str) -> list[str]:
-    return text.split("\n")
-
-
 def _with_text(draft: Draft, text: str) -> Draft | None:
     return replace(draft, text=text) if text.strip() else None
 
@@ -121,7 +116,7 @@ def cut_at_block_exit(draft: Draft, ctx: Context) -> Draft | None:
     bracket opened before the hole (the statement or block is then over). A dedented line that
     closes such a bracket (a block's `}`) is kept as the last line."""
     stop = ctx.hole.stop
-    lines = _lines(draft.text)
+    lines = split_lines(draft.text)
     quote = _quote_state(ctx.before)
     closing = _first_closing_line(lines, quote)
     keep = len(lines) if closing is None or stop.single_line else closing + 1
@@ -140,7 +135,7 @@ def cap_lines(draft: Draft, ctx: Context) -> Draft | None:
     limit = ctx.hole.stop.max_lines
     if limit is None:
         return draft
-    lines = _lines(draft.text)
+    lines = split_lines(draft.text)
     if not lines[0].strip() and len(lines) > 1:
         limit += 1
     return _with_text(draft, "\n".join(lines[:limit]))
@@ -155,7 +150,7 @@ def drop_suffix_repeat(draft: Draft, ctx: Context) -> Draft | None:
         for tail in (after.rstrip(), after.strip()):
             if text.rstrip().endswith(tail) and len(text.rstrip()) > len(tail):
                 return _with_text(draft, text.rstrip()[: -len(tail)])
-    lines = _lines(text)
+    lines = split_lines(text)
     absolute = [ctx.before + lines[0], *lines[1:]]
     following = _following_lines(ctx.document, ctx.hole.end, len(lines))
     for i in range(0 if ctx.blank_before else 1, len(lines)):
@@ -168,7 +163,7 @@ def drop_suffix_repeat(draft: Draft, ctx: Context) -> Draft | None:
 def strip_trailing_whitespace(draft: Draft, ctx: Context) -> Draft | None:
     """No trailing whitespace on any line, no blank lines at the end; the last line keeps its
     spaces when document text follows it on the same line (`a█b` filled with ``x ``)."""
-    lines = [line.rstrip() for line in _lines(draft.text)]
+    lines = [line.rstrip() for line in split_lines(draft.text)]
     while len(lines) > 1 and not lines[-1]:
         lines.pop()
     if ctx.after.strip() and len(lines) == 1:
@@ -204,7 +199,7 @@ def drop_syntax_errors(draft: Draft, ctx: Context) -> Draft | None:
         return draft
     baseline = _errors_with(ctx, None)
     candidate: Draft | None = draft
-    lines = _lines(draft.text)
+    lines = split_lines(draft.text)
     for keep in range(len(lines), 0, -1):
         if keep < len(lines):
             trimmed = Draft("\n".join(lines[:keep]).rstrip(), ctx.hole.end)
@@ -274,46 +269,27 @@ def _following_lines(document: str, end: int, count: int) -> list[str]:
 
 def _quote_state(line: str) -> str | None:
     """The quote still open at the end of `line` (the completion starts inside that string)."""
-    quote = None
-    for _, _, _, quote in _walk(line, None):
+    last = None
+    for last in tokens(line):
         pass
-    return quote
+    if last is not None and last.kind == "string" and not last.closed and last.stop == len(line):
+        return line[last.start]
+    return None
 
 
 def _bracket_walk(text: str, quote: str | None = None):
-    """Yield (line index, char, depth after it) for brackets outside simple quoted strings,
-    starting inside a string quoted with `quote` when given."""
-    for row, c, depth, _ in _walk(text, quote):
-        if c:
-            yield row, c, depth
-
-
-def _walk(text: str, quote: str | None):
-    """Yield (row, bracket or "", depth, open quote) after every character."""
-    depth = 0
-    for row, line in enumerate(_lines(text)):
-        quote = quote if quote == "`" or row == 0 else None
-        escaped = False
-        for c in line:
-            if quote:
-                if escaped:
-                    escaped = False
-                elif c == "\\":
-                    escaped = True
-                elif c == quote:
-                    quote = None
-                yield row, "", depth, quote
-            elif c in _QUOTES:
-                quote = c
-                yield row, "", depth, quote
-            elif c in "([{":
-                depth += 1
-                yield row, c, depth, quote
-            elif c in ")]}":
-                depth -= 1
-                yield row, c, depth, quote
-            else:
-                yield row, "", depth, quote
+    """Yield (line index, bracket, depth after it) for brackets outside simple quoted strings
+    (comments are not lexed), starting inside a string quoted with `quote` when given."""
+    depth = row = 0
+    seen = 0
+    for token in tokens(text, quote=quote):
+        if token.kind != "bracket":
+            continue
+        row += text.count("\n", seen, token.start)
+        seen = token.start
+        c = text[token.start]
+        depth += 1 if c in OPENERS else -1
+        yield row, c, depth
 
 
 def _first_closing_line(lines: list[str], quote: str | None = None) -> int | None:
@@ -331,7 +307,7 @@ def _unmatched_closers(text: str, quote: str | None = None) -> str:
     for _, c, _ in _bracket_walk(text, quote):
         if c in "([{":
             stack.append(c)
-        elif stack and _CLOSE_OF[stack[-1]] == c:
+        elif stack and OPENERS[stack[-1]] == c:
             stack.pop()
         else:
             unmatched.append(c)
@@ -345,8 +321,8 @@ def _closes_outside(text: str, tail: str, before: str) -> bool:
     brackets = "".join(c for c in tail if c in ")]}")
     if brackets and not _unmatched_closers(text, quote).endswith(brackets):
         return False
-    last_line = (before if "\n" not in text else "") + _lines(text)[-1]
-    return all(last_line.count(q) % 2 == 0 for q in set(tail) & set(_QUOTES))
+    last_line = (before if "\n" not in text else "") + split_lines(text)[-1]
+    return all(last_line.count(q) % 2 == 0 for q in set(tail) & set(QUOTES))
 
 
 def _drop_provided_closers(draft: Draft, ctx: Context) -> Draft | None:
@@ -356,7 +332,7 @@ def _drop_provided_closers(draft: Draft, ctx: Context) -> Draft | None:
     unmatched = _unmatched_closers(text, _quote_state(ctx.before))
     rest = ctx.document[draft.end : draft.end + 2000]
     next_char = rest.lstrip()[:1]
-    last = _lines(text)[-1]
+    last = split_lines(text)[-1]
     own_line = not last.strip(")]}; \t")
     if not unmatched or not text.rstrip().endswith(unmatched[-1]) or next_char != unmatched[-1]:
         return draft
