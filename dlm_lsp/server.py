@@ -46,6 +46,10 @@ class InvalidParams(JsonRpcException):
     CODE = -32602
 
 
+class NoModel(Exception):
+    """No model is loaded (missing, or it failed to load); `DlmServer.engine_error` says why."""
+
+
 def plain(value: Any) -> Any:
     """pygls hands custom-method params over as namedtuples; turn them back into dicts."""
     if hasattr(value, "_asdict"):
@@ -141,7 +145,7 @@ class DlmServer(LanguageServer):
         self.settings = settings or Settings()
         self.store = DocumentStore()
         self._engine = engine
-        self._engine_error: str | None = None
+        self.engine_error: str | None = None  # why no model is loaded (dlm/status shows it)
         self._engine_lock = threading.Lock()
         self._request_ids = itertools.count(1)
         self._protocol_loop: asyncio.AbstractEventLoop | None = None  # set at initialize
@@ -153,17 +157,17 @@ class DlmServer(LanguageServer):
     def engine(self) -> Engine | None:
         """The loaded engine, or None (the error was logged and shown once)."""
         with self._engine_lock:
-            if self._engine is None and self._engine_error is None:
+            if self._engine is None and self.engine_error is None:
                 try:
                     self._engine = (self._failover() if self.settings.remote
                                     else Engine(settings=self.settings))
                 except ModelError as exc:
-                    self._engine_error = str(exc)
+                    self.engine_error = str(exc)
                     log.error("no model: %s", exc)
                     self.show(f"dlm-lsp: no completions, the model cannot be used: {exc}",
                               types.MessageType.Error)
                 except Exception as exc:  # a broken onnx file can raise anything
-                    self._engine_error = f"{type(exc).__name__}: {exc}"
+                    self.engine_error = f"{type(exc).__name__}: {exc}"
                     log.exception("model failed to load")
                     self.show(f"dlm-lsp: the model failed to load: {exc}", types.MessageType.Error)
             return self._engine
@@ -187,7 +191,7 @@ class DlmServer(LanguageServer):
             model_changed = settings.model_key() != self.settings.model_key()
             self.settings = settings
             if model_changed:
-                self._engine, self._engine_error = None, None
+                self._engine, self.engine_error = None, None
 
     def report_server_error(self, error: Exception, source) -> None:
         """Log what pygls could not handle; a popup per bad message would flood the editor."""
@@ -222,12 +226,13 @@ class DlmServer(LanguageServer):
 
         With `debounce_ms`, wait that long first: a keystroke burst then costs one model run,
         not one per key. Raises asyncio.CancelledError when the client cancelled (pygls answers
-        RequestCancelled) and Cancelled when a newer request superseded this one.
+        RequestCancelled), Cancelled when a newer request superseded this one, and NoModel
+        when there is no model to ask.
         """
         # loaded already (every request but the first): no thread hop on the typing path
         engine = self._engine or await asyncio.to_thread(self.engine)
         if engine is None:
-            raise Cancelled
+            raise NoModel(self.engine_error)
         stop = threading.Event()
         stale = engine.supersede(key)
         if debounce_ms > 0:
@@ -273,206 +278,236 @@ def _fill_markers(engine: Engine, snapshot: Snapshot, marker: str, settings: Set
     return engine.fill_markers(snapshot, marker, settings, cancelled=cancelled)
 
 
+# ---------------------------------------------------------------------------- handlers
+
+
+def initialize(ls: DlmServer, params: types.InitializeParams) -> None:
+    """The client's position encoding and settings; the protocol loop, for messages from workers."""
+    ls._protocol_loop, ls._protocol_thread = asyncio.get_running_loop(), threading.get_ident()
+    encoding = ls.workspace.position_encoding or types.PositionEncodingKind.Utf16
+    ls.store = DocumentStore(getattr(encoding, "value", encoding))
+    ls.apply_settings(params.initialization_options)
+
+
+async def initialized(ls: DlmServer, params: types.InitializedParams) -> None:
+    """Load the model now, off the protocol thread, not on the first keystroke."""
+    await asyncio.to_thread(ls.engine)
+
+
+def did_change_configuration(ls: DlmServer, params: types.DidChangeConfigurationParams):
+    """New settings: they apply from the next request on."""
+    ls.apply_settings(params.settings)
+
+
+def did_open(ls: DlmServer, params: types.DidOpenTextDocumentParams) -> None:
+    """Start keeping a buffer."""
+    doc = params.text_document
+    ls.store.open(doc.uri, doc.language_id, doc.version, doc.text)
+
+
+def did_change(ls: DlmServer, params: types.DidChangeTextDocumentParams) -> None:
+    """Apply incremental (or whole) changes to a buffer."""
+    changes = []
+    for change in params.content_changes:
+        if isinstance(change, types.TextDocumentContentChangePartial):
+            r = change.range
+            changes.append((((r.start.line, r.start.character),
+                             (r.end.line, r.end.character)), change.text))
+        else:
+            changes.append((None, change.text))
+    try:
+        ls.store.change(params.text_document.uri, params.text_document.version, changes)
+    except UnknownDocument:
+        log.warning("didChange for a document that is not open: %s",
+                    params.text_document.uri)
+
+
+def did_close(ls: DlmServer, params: types.DidCloseTextDocumentParams) -> None:
+    """Forget a buffer and the engine's state for it."""
+    ls.store.close(params.text_document.uri)
+    if ls._engine is not None:
+        ls._engine.forget(params.text_document.uri)
+
+
+async def complete_at(ls: DlmServer, uri: str, position: types.Position, kind: str):
+    """The completion at a position, or None; shared by inline and classic completion."""
+    started = time.perf_counter()
+    snapshot = ls.snapshot(uri)
+    if snapshot is None or not ls.settings.language_enabled(snapshot.language_id):
+        return None, None
+    if len(snapshot.text) > ls.settings.max_document_bytes:
+        log.info("%s is too large for completions (%d chars)", uri, len(snapshot.text))
+        return None, None
+    try:
+        offset = snapshot.offset_at(position.line, position.character)
+    except PositionError as exc:
+        raise InvalidParams(str(exc)) from None
+    request = next(ls._request_ids)
+    try:
+        result = await ls.run_model(uri, _complete, snapshot, offset, ls.settings,
+                                    debounce_ms=ls.settings.debounce_ms)
+    except Cancelled:
+        log.debug("#%d %s superseded", request, kind)
+        return None, None
+    except NoModel:
+        return None, None
+    current = ls.snapshot(uri)
+    if current is None or current.version != snapshot.version:
+        log.debug("#%d answered for version %s, document moved on", request, snapshot.version)
+        return None, None
+    scope = result.plan.holes[0].scope if result.plan and result.plan.holes else None
+    ls.record(kind, result, started, scope)
+    log.info("#%d %s %s: %s steps, %.0f ms%s", request, kind, scope, result.steps,
+             ls.last["latencyMs"], " (cached)" if result.cached else "")
+    return snapshot, result.completion
+
+
+async def inline_completion(ls: DlmServer, params: types.InlineCompletionParams):
+    """Ghost text at the cursor (LSP 3.18 inline completion)."""
+    snapshot, completion = await complete_at(
+        ls, params.text_document.uri, params.position, "inline")
+    if completion is None or not completion.text:
+        return types.InlineCompletionList(items=[])
+    return types.InlineCompletionList(items=[types.InlineCompletionItem(
+        insert_text=completion.text,
+        range=_lsp_range(snapshot, completion.start, completion.end),
+    )])
+
+
+async def completion(ls: DlmServer, params: types.CompletionParams):
+    """The completion as one classic completion item, for clients without inline completion."""
+    snapshot, item = await complete_at(ls, params.text_document.uri, params.position,
+                                       "completion")
+    if item is None or not item.text.strip():
+        return types.CompletionList(is_incomplete=True, items=[])
+    first_line = next((line for line in item.text.splitlines() if line.strip()), item.text)
+    return types.CompletionList(is_incomplete=True, items=[types.CompletionItem(
+        label=first_line.strip()[:80],
+        kind=types.CompletionItemKind.Text,
+        detail="dlm-lsp",
+        documentation=types.MarkupContent(types.MarkupKind.PlainText, item.text),
+        insert_text_format=types.InsertTextFormat.PlainText,
+        text_edit=types.TextEdit(_lsp_range(snapshot, item.start, item.end), item.text),
+        filter_text=snapshot.text[
+            snapshot.text.rfind("\n", 0, item.start) + 1 : item.start].lstrip(),
+        sort_text="0",
+    )])
+
+
+async def fill(ls: DlmServer, raw: Any) -> dict[str, Any]:
+    """dlm/fill: every hole (or re-write range) of a document in one parallel pass."""
+    started = time.perf_counter()
+    raw = plain(raw)
+    if isinstance(raw, list) and len(raw) == 1:
+        raw = raw[0]  # executeCommand arguments: [params]
+    try:
+        uri = raw["textDocument"]["uri"]
+    except (KeyError, TypeError):
+        raise InvalidParams("dlm/fill needs {textDocument: {uri}, holes?: [Range]}") from None
+    holes = raw.get("holes")
+    if holes is not None and not isinstance(holes, list):
+        raise InvalidParams("holes must be a list of Range")
+    snapshot = ls.snapshot(uri)
+    if snapshot is None:
+        raise InvalidParams(f"document not open: {uri}")
+    if holes is None:
+        work, arg = _fill_markers, ls.settings.hole_marker
+    else:
+        ranges = []
+        for hole in holes:
+            (sl, sc), (el, ec) = _parse_range(hole)
+            try:
+                start, end = snapshot.offset_at(sl, sc), snapshot.offset_at(el, ec)
+            except PositionError as exc:
+                raise InvalidParams(str(exc)) from None
+            ranges.append((min(start, end), max(start, end)))
+        work, arg = _fill, ranges
+    try:
+        result = await ls.run_model("fill:" + uri, work, snapshot, arg, ls.settings)
+    except PlanError as exc:
+        raise InvalidParams(str(exc)) from None
+    except NoModel as exc:
+        raise JsonRpcInternalError(f"no model: {exc}") from None
+    except Cancelled:
+        raise ContentModified("a newer dlm/fill on this document superseded this one")
+    current = ls.snapshot(uri)
+    if current is None or current.version != snapshot.version:
+        raise ContentModified("the document changed while filling; ask again")
+    ls.record("fill", result, started, "span")
+    edits = [types.TextEdit(_lsp_range(snapshot, start, end), text)
+             for start, end, text in result.edits]
+    return {"edits": [ls.protocol._converter.unstructure(e) for e in edits]}
+
+
+async def fill_request(ls: DlmServer, params: Any) -> dict[str, Any]:
+    """The `dlm/fill` request."""
+    return await fill(ls, params)
+
+
+async def fill_command(ls: DlmServer, *args: Any) -> dict[str, Any]:
+    """The `dlm.fill` command (workspace/executeCommand): the request's params as its argument."""
+    params = args[0] if len(args) == 1 else list(args)
+    return await fill(ls, params)
+
+
+def debug_document(ls: DlmServer, params: Any) -> dict[str, Any]:
+    """The server's view of a document, for drift tests: version, text, syntax tree."""
+    raw = plain(params)
+    try:
+        uri = raw["textDocument"]["uri"]
+    except (KeyError, TypeError):
+        raise InvalidParams("dlm/debugDocument needs {textDocument: {uri}}") from None
+    snapshot = ls.snapshot(uri)
+    if snapshot is None:
+        raise InvalidParams(f"document not open: {uri}")
+    return {
+        "version": snapshot.version,
+        "text": snapshot.text,
+        "sexp": str(snapshot.tree.root_node) if snapshot.tree is not None else None,
+    }
+
+
+def status(ls: DlmServer, params: Any = None) -> dict[str, Any]:
+    """What `dlm/status` reports: the model, the last request's figures, the settings."""
+    engine = ls._engine
+    return {
+        "version": __version__,
+        "model": engine.card.name if engine and engine.card else None,
+        "modelVersion": engine.card.version if engine and engine.card else None,
+        "provider": engine.provider if engine else None,
+        "error": ls.engine_error,
+        "lastLatencyMs": ls.last.get("latencyMs"),
+        "lastSteps": ls.last.get("steps"),
+        "lastTokens": ls.last.get("tokens"),
+        "lastScope": ls.last.get("scope"),
+        "lastCached": ls.last.get("cached"),
+        "lastKind": ls.last.get("kind"),
+        "lastBackend": ls.last.get("backend"),
+        "remote": ls.settings.remote,
+        "remoteError": getattr(engine, "remote_error", None),
+        "contextTokens": ls.last.get("contextTokens"),
+        "contextTokensEncoded": ls.last.get("contextTokensEncoded"),
+        "contextCacheBytes": engine.contexts.nbytes if engine else 0,
+        "contextCacheDocuments": len(engine.contexts) if engine else 0,
+        "openDocuments": len(ls.store),
+        "settings": settings_to_wire(ls.settings),
+    }
+
+
 def create_server(settings: Settings | None = None, engine: Engine | None = None) -> DlmServer:
     """A server with every feature registered."""
     server = DlmServer(settings, engine)
-
-    @server.feature(types.INITIALIZE)
-    def initialize(ls: DlmServer, params: types.InitializeParams) -> None:
-        ls._protocol_loop, ls._protocol_thread = asyncio.get_running_loop(), threading.get_ident()
-        encoding = ls.workspace.position_encoding or types.PositionEncodingKind.Utf16
-        ls.store = DocumentStore(getattr(encoding, "value", encoding))
-        ls.apply_settings(params.initialization_options)
-
-    @server.feature(types.INITIALIZED)
-    async def initialized(ls: DlmServer, params: types.InitializedParams) -> None:
-        await asyncio.to_thread(ls.engine)  # load the model now, not on the first keystroke
-
-    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
-    def did_change_configuration(ls: DlmServer, params: types.DidChangeConfigurationParams):
-        ls.apply_settings(params.settings)
-
-    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
-    def did_open(ls: DlmServer, params: types.DidOpenTextDocumentParams) -> None:
-        doc = params.text_document
-        ls.store.open(doc.uri, doc.language_id, doc.version, doc.text)
-
-    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
-    def did_change(ls: DlmServer, params: types.DidChangeTextDocumentParams) -> None:
-        changes = []
-        for change in params.content_changes:
-            if isinstance(change, types.TextDocumentContentChangePartial):
-                r = change.range
-                changes.append((((r.start.line, r.start.character),
-                                 (r.end.line, r.end.character)), change.text))
-            else:
-                changes.append((None, change.text))
-        try:
-            ls.store.change(params.text_document.uri, params.text_document.version, changes)
-        except UnknownDocument:
-            log.warning("didChange for a document that is not open: %s",
-                        params.text_document.uri)
-
-    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
-    def did_close(ls: DlmServer, params: types.DidCloseTextDocumentParams) -> None:
-        ls.store.close(params.text_document.uri)
-        if ls._engine is not None:
-            ls._engine.forget(params.text_document.uri)
-
-    async def complete_at(ls: DlmServer, uri: str, position: types.Position, kind: str):
-        """The completion at a position, or None; shared by inline and classic completion."""
-        started = time.perf_counter()
-        snapshot = ls.snapshot(uri)
-        if snapshot is None or not ls.settings.language_enabled(snapshot.language_id):
-            return None, None
-        if len(snapshot.text) > ls.settings.max_document_bytes:
-            log.info("%s is too large for completions (%d chars)", uri, len(snapshot.text))
-            return None, None
-        try:
-            offset = snapshot.offset_at(position.line, position.character)
-        except PositionError as exc:
-            raise InvalidParams(str(exc)) from None
-        request = next(ls._request_ids)
-        try:
-            result = await ls.run_model(uri, _complete, snapshot, offset, ls.settings,
-                                        debounce_ms=ls.settings.debounce_ms)
-        except Cancelled:
-            log.debug("#%d %s superseded", request, kind)
-            return None, None
-        current = ls.snapshot(uri)
-        if current is None or current.version != snapshot.version:
-            log.debug("#%d answered for version %s, document moved on", request, snapshot.version)
-            return None, None
-        scope = result.plan.holes[0].scope if result.plan and result.plan.holes else None
-        ls.record(kind, result, started, scope)
-        log.info("#%d %s %s: %s steps, %.0f ms%s", request, kind, scope, result.steps,
-                 ls.last["latencyMs"], " (cached)" if result.cached else "")
-        return snapshot, result.completion
-
-    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
-    async def inline_completion(ls: DlmServer, params: types.InlineCompletionParams):
-        snapshot, completion = await complete_at(
-            ls, params.text_document.uri, params.position, "inline")
-        if completion is None or not completion.text:
-            return types.InlineCompletionList(items=[])
-        return types.InlineCompletionList(items=[types.InlineCompletionItem(
-            insert_text=completion.text,
-            range=_lsp_range(snapshot, completion.start, completion.end),
-        )])
-
-    @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
-    async def completion(ls: DlmServer, params: types.CompletionParams):
-        snapshot, item = await complete_at(ls, params.text_document.uri, params.position,
-                                           "completion")
-        if item is None or not item.text.strip():
-            return types.CompletionList(is_incomplete=True, items=[])
-        first_line = next((line for line in item.text.splitlines() if line.strip()), item.text)
-        return types.CompletionList(is_incomplete=True, items=[types.CompletionItem(
-            label=first_line.strip()[:80],
-            kind=types.CompletionItemKind.Text,
-            detail="dlm-lsp",
-            documentation=types.MarkupContent(types.MarkupKind.PlainText, item.text),
-            insert_text_format=types.InsertTextFormat.PlainText,
-            text_edit=types.TextEdit(_lsp_range(snapshot, item.start, item.end), item.text),
-            filter_text=snapshot.text[
-                snapshot.text.rfind("\n", 0, item.start) + 1 : item.start].lstrip(),
-            sort_text="0",
-        )])
-
-    async def fill(ls: DlmServer, raw: Any) -> dict[str, Any]:
-        """dlm/fill: every hole (or re-write range) of a document in one parallel pass."""
-        started = time.perf_counter()
-        raw = plain(raw)
-        if isinstance(raw, list) and len(raw) == 1:
-            raw = raw[0]  # executeCommand arguments: [params]
-        try:
-            uri = raw["textDocument"]["uri"]
-        except (KeyError, TypeError):
-            raise InvalidParams("dlm/fill needs {textDocument: {uri}, holes?: [Range]}") from None
-        holes = raw.get("holes")
-        if holes is not None and not isinstance(holes, list):
-            raise InvalidParams("holes must be a list of Range")
-        snapshot = ls.snapshot(uri)
-        if snapshot is None:
-            raise InvalidParams(f"document not open: {uri}")
-        if holes is None:
-            work, arg = _fill_markers, ls.settings.hole_marker
-        else:
-            ranges = []
-            for hole in holes:
-                (sl, sc), (el, ec) = _parse_range(hole)
-                try:
-                    start, end = snapshot.offset_at(sl, sc), snapshot.offset_at(el, ec)
-                except PositionError as exc:
-                    raise InvalidParams(str(exc)) from None
-                ranges.append((min(start, end), max(start, end)))
-            work, arg = _fill, ranges
-        try:
-            result = await ls.run_model("fill:" + uri, work, snapshot, arg, ls.settings)
-        except PlanError as exc:
-            raise InvalidParams(str(exc)) from None
-        except Cancelled:
-            if ls.engine() is None:
-                raise JsonRpcInternalError(f"no model: {ls._engine_error}") from None
-            raise ContentModified("a newer dlm/fill on this document superseded this one")
-        current = ls.snapshot(uri)
-        if current is None or current.version != snapshot.version:
-            raise ContentModified("the document changed while filling; ask again")
-        ls.record("fill", result, started, "span")
-        edits = [types.TextEdit(_lsp_range(snapshot, start, end), text)
-                 for start, end, text in result.edits]
-        return {"edits": [ls.protocol._converter.unstructure(e) for e in edits]}
-
-    @server.feature(FILL_METHOD)
-    async def fill_request(ls: DlmServer, params: Any) -> dict[str, Any]:
-        return await fill(ls, params)
-
-    @server.command(FILL_COMMAND)
-    async def fill_command(ls: DlmServer, *args: Any) -> dict[str, Any]:
-        params = args[0] if len(args) == 1 else list(args)
-        return await fill(ls, params)
-
-    @server.feature(DEBUG_DOCUMENT_METHOD)
-    def debug_document(ls: DlmServer, params: Any) -> dict[str, Any]:
-        """The server's view of a document, for drift tests: version, text, syntax tree."""
-        raw = plain(params)
-        try:
-            uri = raw["textDocument"]["uri"]
-        except (KeyError, TypeError):
-            raise InvalidParams("dlm/debugDocument needs {textDocument: {uri}}") from None
-        snapshot = ls.snapshot(uri)
-        if snapshot is None:
-            raise InvalidParams(f"document not open: {uri}")
-        return {
-            "version": snapshot.version,
-            "text": snapshot.text,
-            "sexp": str(snapshot.tree.root_node) if snapshot.tree is not None else None,
-        }
-
-    @server.feature(STATUS_METHOD)
-    def status(ls: DlmServer, params: Any = None) -> dict[str, Any]:
-        engine = ls._engine
-        return {
-            "version": __version__,
-            "model": engine.card.name if engine and engine.card else None,
-            "modelVersion": engine.card.version if engine and engine.card else None,
-            "provider": engine.provider if engine else None,
-            "error": ls._engine_error,
-            "lastLatencyMs": ls.last.get("latencyMs"),
-            "lastSteps": ls.last.get("steps"),
-            "lastTokens": ls.last.get("tokens"),
-            "lastScope": ls.last.get("scope"),
-            "lastCached": ls.last.get("cached"),
-            "lastKind": ls.last.get("kind"),
-            "lastBackend": ls.last.get("backend"),
-            "remote": ls.settings.remote,
-            "remoteError": getattr(engine, "remote_error", None),
-            "contextTokens": ls.last.get("contextTokens"),
-            "contextTokensEncoded": ls.last.get("contextTokensEncoded"),
-            "contextCacheBytes": engine.contexts.nbytes if engine else 0,
-            "contextCacheDocuments": len(engine.contexts) if engine else 0,
-            "openDocuments": len(ls.store),
-            "settings": settings_to_wire(ls.settings),
-        }
-
+    server.feature(types.INITIALIZE)(initialize)
+    server.feature(types.INITIALIZED)(initialized)
+    server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)(did_change_configuration)
+    server.feature(types.TEXT_DOCUMENT_DID_OPEN)(did_open)
+    server.feature(types.TEXT_DOCUMENT_DID_CHANGE)(did_change)
+    server.feature(types.TEXT_DOCUMENT_DID_CLOSE)(did_close)
+    server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION,
+                   types.InlineCompletionOptions())(inline_completion)
+    server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())(completion)
+    server.feature(FILL_METHOD)(fill_request)
+    server.command(FILL_COMMAND)(fill_command)
+    server.feature(DEBUG_DOCUMENT_METHOD)(debug_document)
+    server.feature(STATUS_METHOD)(status)
     return server
