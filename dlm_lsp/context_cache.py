@@ -114,7 +114,7 @@ class ContextCache:
 
 
 class DocumentDenoiser:
-    """The runtime as one request on one document sees it (the sampler's `Denoiser`).
+    """The runtime as one request on one document sees it (the sampler's `DenoiserRuntime`).
 
     `encode` starts from the document's cached context when the runtime can extend one (a
     causal model) and leaves the new context in the cache; without a cache (or a uri) it

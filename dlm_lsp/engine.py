@@ -25,7 +25,7 @@ from .layout import build_layout
 from .modelcard import ModelCard, ModelError, default_model_dir, load_card
 from .plan import InfillPlan, PlanError, PlanSettings, plan_completion, plan_holes
 from .postprocess import Completion, finish
-from .sampler import Cancelled, Denoiser, SamplerSettings, denoise
+from .sampler import Cancelled, DenoiserRuntime, SamplerSettings, denoise
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class Engine:
         self,
         model_dir: str | Path | None = None,
         settings: Settings | None = None,
-        denoiser: Denoiser | None = None,
+        denoiser: DenoiserRuntime | None = None,
         card: ModelCard | None = None,
     ) -> None:
         # what the model was loaded with (directory, device, threads), and the default for a

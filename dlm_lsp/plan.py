@@ -233,7 +233,6 @@ def classify(
     text: str,
     offset: int,
     tree: tree_sitter.Tree | None,
-    syntax: Syntax | None,
     language_id: str,
     settings: PlanSettings,
 ) -> _Shape:
@@ -475,7 +474,7 @@ def plan_completion(
     if not 0 <= offset <= len(text):
         raise PlanError(f"offset {offset} outside the document (length {len(text)})")
     language = language_id or (syntax.language_id if syntax else "plaintext")
-    shape = classify(text, offset, tree, syntax, language, settings)
+    shape = classify(text, offset, tree, language, settings)
     hole = Hole(
         start=offset, end=offset, scope=shape.scope,
         canvas_length=bucket_for(buckets, shape.target), stop=shape.stop,
@@ -535,7 +534,7 @@ def _span_hole(text, start, end, tree, syntax, language, buckets, settings, coun
         lines = selected.count("\n") + 1
         stop = StopRules(single_line=False, min_indent=None, max_lines=2 * lines + 2, closers="")
     else:
-        shape = classify(text, start, tree, syntax, language, settings)
+        shape = classify(text, start, tree, language, settings)
         target, stop = shape.target, replace(shape.stop, closers="")
     return Hole(start=start, end=end, scope="span", canvas_length=bucket_for(buckets, target),
                 stop=stop)

@@ -1,4 +1,4 @@
-"""The denoising loop: pure numpy over a `Denoiser`.
+"""The denoising loop: pure numpy over a `DenoiserRuntime`.
 
 One request: encode the context once, start from an all-mask canvas, and each denoise step
 predict every masked position in parallel and commit those confident enough (confidence-based
@@ -29,8 +29,11 @@ class Cancelled(Exception):
     """The request was cancelled or superseded between two denoise steps."""
 
 
-class Denoiser(Protocol):
-    """What the sampler needs from a model runtime (ONNX, or PyTorch for parity tests)."""
+class DenoiserRuntime(Protocol):
+    """What the sampler needs from a model runtime (ONNX Runtime, or PyTorch for training's
+    exact-match and parity tests)."""
+
+    returns_logits: bool  # denoise_step takes need_logits=True and then returns the logits
 
     def encode(self, layout: Layout) -> object:
         """Run the encoder over the context once; return an opaque context state."""
@@ -40,8 +43,8 @@ class Denoiser(Protocol):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One decoder call on canvas_ids (1, C): (pred_ids, pred_prob, canvas_prob), each (1, C).
 
-        A runtime whose `returns_logits` attribute is true also takes `need_logits=True` and
-        then returns the (1, C, V) logits as a fourth element (for `min_tokens`).
+        A runtime whose `returns_logits` is true also takes `need_logits=True` and then
+        returns the (1, C, V) logits as a fourth element (for `min_tokens`).
         """
 
     # Optional, for batches (the sampler uses them when a runtime has both):
@@ -265,7 +268,7 @@ def _step_each(denoiser: Any, batch: list[_Request], rows: list[int]) -> list[tu
 
 
 def denoise_batch(
-    denoiser: Denoiser,
+    denoiser: DenoiserRuntime,
     layouts: Sequence[Layout],
     specials: SpecialTokens,
     settings: SamplerSettings | Sequence[SamplerSettings],
@@ -289,7 +292,7 @@ def denoise_batch(
         raise ValueError(f"{count} layouts, {len(settings)} settings, {len(checks)} checks")
     if state is not None and count != 1:
         raise ValueError("an encoded state is the context of a batch of one")
-    can_ban = bool(getattr(denoiser, "returns_logits", False))
+    can_ban = bool(denoiser.returns_logits)
     requests = [_Request(layout, specials, s, check, can_ban)
                 for layout, s, check in zip(layouts, settings, checks)]
     for request in requests:
@@ -323,7 +326,7 @@ def denoise_batch(
 
 
 def denoise(
-    denoiser: Denoiser,
+    denoiser: DenoiserRuntime,
     layout: Layout,
     specials: SpecialTokens,
     settings: SamplerSettings,

@@ -15,6 +15,8 @@ SPECIALS = SpecialTokens(pad=0, mask=1, end_of_span=2, file=3)
 class ScriptedDenoiser:
     """Predicts a fixed target; the confidence of position i is `confidence[i]`."""
 
+    returns_logits = False
+
     def __init__(self, target, confidence, canvas_prob=None):
         self.target = np.array(target, dtype=np.int64)
         self.confidence = np.array(confidence, dtype=np.float32)

@@ -1,4 +1,4 @@
-"""Model runtimes behind the sampler's `Denoiser` protocol."""
+"""Model runtimes behind the sampler's `DenoiserRuntime` protocol."""
 
 from .onnx import OnnxDenoiser
 

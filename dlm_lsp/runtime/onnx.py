@@ -1,4 +1,4 @@
-"""The ONNX Runtime denoiser: encoder and decoder sessions behind the `Denoiser` protocol.
+"""The ONNX Runtime denoiser: encoder and decoder sessions behind the `DenoiserRuntime` protocol.
 
 Provider choice: CUDA when the installed onnxruntime offers it and a session really gets it
 (checked with `sess.get_providers()` after creation, since ORT silently falls back to the CPU

@@ -37,6 +37,8 @@ class FaultyDenoiser:
     """Delegates to a real denoiser; raises on the 1st denoise step (after the encoder ran)
     while `armed.on` is set."""
 
+    returns_logits = False
+
     def __init__(self, inner) -> None:
         self.inner = inner
         self.provider = getattr(inner, "provider", "CPU")

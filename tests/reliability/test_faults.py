@@ -158,6 +158,8 @@ class RaisingDenoiser:
     first by default: the encoder has run, the request is in the middle of its work; the
     synthetic model often finishes in one step, so a later step may never come)."""
 
+    returns_logits = False
+
     def __init__(self, inner, fail_on_step: int = 1) -> None:
         self.inner, self.fail_on_step, self.armed, self.steps = inner, fail_on_step, True, 0
         self.provider = "CPU"
@@ -238,6 +240,8 @@ def test_zero_sized_canvas_and_nan_probabilities_do_not_crash_the_sampler():
     from dlm_lsp.sampler import SamplerSettings, denoise
 
     class NanDenoiser:
+        returns_logits = False
+
         def encode(self, layout):
             return None
 
