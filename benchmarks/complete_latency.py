@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dlm_lsp.stats import percentile
+from dlm_lsp.measure.stats import percentile
 
 
 def sample_positions(root: Path, count: int, seed: int) -> list[tuple[str, str, int]]:

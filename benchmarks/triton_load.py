@@ -29,7 +29,7 @@ from pathlib import Path
 from complete_latency import sample_positions
 
 from dlm_lsp.remote.pytriton_server import LocalTriton
-from dlm_lsp.stats import format_table, percentile
+from dlm_lsp.measure.stats import format_table, percentile
 from dlm_lsp.triton_repo import RepoSettings, write_repository
 
 

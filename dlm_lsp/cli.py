@@ -27,7 +27,7 @@ from .settings import LOG_LEVELS, Settings
 log = logging.getLogger("dlm_lsp")
 
 # subcommands defined in their own modules: name → module exposing add_parser(subparsers)
-_PLUGIN_COMMANDS = {"bench": "dlm_lsp.bench", "eval": "dlm_lsp.evaluate",
+_PLUGIN_COMMANDS = {"bench": "dlm_lsp.measure.bench", "eval": "dlm_lsp.measure.evaluate",
                     "triton-repo": "dlm_lsp.triton_repo"}
 
 

@@ -269,7 +269,7 @@ class HeldoutFilter:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "HeldoutFilter":
-        from dlm_lsp.stats import read_jsonl
+        from dlm_lsp.measure.stats import read_jsonl
 
         return cls(read_jsonl(path))
 

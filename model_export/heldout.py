@@ -8,7 +8,7 @@ and a seed. Holes are the kinds an editor asks for, four of them:
 * ``random-span``: any span of 1 to 200 characters, cursor and end anywhere;
 * ``syntax-node``: a whole tree-sitter statement, block, argument list, ... .
 
-Each task is one JSON object a line in the plain FIM format `dlm_lsp.evaluate` reads:
+Each task is one JSON object a line in the plain FIM format `dlm_lsp.measure.evaluate` reads:
 ``task_id, kind, language, path, prefix, suffix, middle``; the prefix and suffix are cut on
 line boundaries to a window around the hole (the server trims them further to its budgets).
 Middles that are blank or only a comment are skipped, and none is longer than ``max_middle``.
@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from dlm_lsp.stats import write_jsonl
+from dlm_lsp.measure.stats import write_jsonl
 
 from .corpus import short_path as _short_path
 from .data import node_spans
@@ -163,7 +163,7 @@ def _validation_records(source: Path) -> Iterator[dict[str, Any]]:
 
         yield from read_corpus(source)
     else:
-        from dlm_lsp.stats import read_jsonl
+        from dlm_lsp.measure.stats import read_jsonl
 
         yield from read_jsonl(source)
 

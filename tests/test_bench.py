@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dlm_lsp.bench import (
+from dlm_lsp.measure.bench import (
     KINDS, cut_sample, exact_match, sample_positions, utf16_offset, utf16_position,
 )
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dlm_lsp.bench_typing import pick_lines
+from dlm_lsp.measure.bench_typing import pick_lines
 
 from tests.causal_model import build_exported_model  # noqa: E402
 

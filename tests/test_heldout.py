@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dlm_lsp.evaluate import load_tasks
+from dlm_lsp.measure.evaluate import load_tasks
 from model_export.heldout import KINDS, heldout_tasks
 
 SOURCE = (Path(__file__).parent / "data" / "bench_sample.py").read_text()

@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from dlm_lsp.sandbox import SandboxLimits, _unshare_flags, run_python
+from dlm_lsp.measure.sandbox import SandboxLimits, _unshare_flags, run_python
 
 FAST = SandboxLimits(timeout_s=3.0, cpu_s=3, memory_mb=512, max_processes=16)
 

@@ -113,7 +113,7 @@ def test_corpus_languages_licences_and_projects(tmp_path):
 def test_exclude_heldout(tmp_path, stdlib_files):
     """Files a held-out set was cut from stay out: same content at another path, an edited
     copy at the same package-relative path; unrelated files and namesakes stay in."""
-    from dlm_lsp.stats import write_jsonl
+    from dlm_lsp.measure.stats import write_jsonl
     from model_export.corpus import HeldoutFilter, build_corpus
 
     source, other, namesake_of = stdlib_files[2], stdlib_files[3], stdlib_files[4]

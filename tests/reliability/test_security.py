@@ -1,6 +1,6 @@
 """Security: the server never executes buffer content, and `--tcp` stays on loopback unless told.
 
-The sandbox that runs generated code for evaluation (dlm_lsp/sandbox.py) is tested by
+The sandbox that runs generated code for evaluation (dlm_lsp/measure/sandbox.py) is tested by
 tests/test_sandbox.py: sockets refused, fork bombs contained, unbounded allocation stopped,
 runaway loops killed, nothing inherited. Nothing is missing there for this issue.
 """

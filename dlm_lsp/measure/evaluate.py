@@ -12,7 +12,7 @@ empty range at the cursor) under every sampler configuration of the sweep, and s
 
 * exact match of the middle after dropping trailing whitespace on every line and at the end;
 * pass@1 (one greedy sample) when the task has a test: prefix + fill + suffix + test +
-  ``check(entry_point)`` runs in `dlm_lsp.sandbox` — the only place generated code runs.
+  ``check(entry_point)`` runs in `dlm_lsp.measure.sandbox` — the only place generated code runs.
 
 A configuration is a strategy ("parallel" or "left_to_right": one commit per step, what an
 autoregressive decoder would do with these weights), a step cap, a confidence threshold and a
@@ -434,9 +434,9 @@ def run_eval(tasks: list[Task], configs: list[Config], fill: Filler | Any, *,
 
 def run(args: argparse.Namespace) -> int:
     """`dlm-lsp eval`: exit 0 on a finished run, 2 on unusable input or model."""
-    from .engine import Engine
-    from .modelcard import ModelError
-    from .settings import Settings
+    from ..engine import Engine
+    from ..modelcard import ModelError
+    from ..settings import Settings
 
     try:
         tasks = load_tasks(args.file, args.limit)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .languages import language_id_for_path
+from ..languages import language_id_for_path
 from .stats import format_table, mean, ratio, summarize
 
 SERVERS = {"cache": {"contextCache": True}, "no-cache": {"contextCache": False}}

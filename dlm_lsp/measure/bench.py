@@ -20,8 +20,8 @@ and its quality cost are then ratios measured on one machine at one moment. A "t
 replays keystrokes through each shown suggestion and counts the answers the typing-through
 cache served. Warm-up requests are excluded; the sample is fixed by ``--seed``.
 
-``--scenario typing`` (`dlm_lsp.bench_typing`) types real lines back a keystroke at a time, a
-request after each, with and without the context cache.
+``--scenario typing`` (`bench_typing`) types real lines back a keystroke at a time, a request
+after each, with and without the context cache.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .documents import Snapshot
-from .languages import language_id_for_path
-from .server import plain
+from ..documents import Snapshot
+from ..languages import language_id_for_path
+from ..server import plain
 from .stats import format_table, mean, progress, ratio, summarize
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def _indent(line: str) -> int:
 
 def _text_rows(text: str, language_id: str) -> set[int]:
     """Rows inside multi-line strings and comments (docstrings): not where people wait for code."""
-    from .languages import syntax_for
+    from ..languages import syntax_for
 
     syntax = syntax_for(language_id)
     if syntax is None:
@@ -695,7 +695,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _largest_bucket(model: str | None) -> int:
-    from .modelcard import default_model_dir, load_card
+    from ..modelcard import default_model_dir, load_card
 
     return max(load_card(model or default_model_dir()).canvas_buckets)
 
@@ -796,7 +796,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_typing(args: argparse.Namespace) -> int:
-    """`dlm-lsp bench --scenario typing` (see dlm_lsp.bench_typing)."""
+    """`dlm-lsp bench --scenario typing` (see dlm_lsp.measure.bench_typing)."""
     from .bench_typing import render_typing, run_typing
 
     try:
