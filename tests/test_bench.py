@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dlm_lsp.measure.bench import (
-    KINDS, cut_sample, exact_match, sample_positions, utf16_offset, utf16_position,
-)
+from dlm_lsp.measure.client import utf16_offset, utf16_position
+from dlm_lsp.measure.samples import KINDS, cut_sample, exact_match, sample_positions
 
 from tests.reliability.synthetic_model import build_synthetic_model  # noqa: E402
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from dlm_lsp.measure.evaluate import (
-    Config, Task, evaluate_task, exact_match, generated_middle, load_tasks, normalize,
-    program_for, summarize_outcomes, sweep, task_from_record,
+    Config, Task, evaluate_task, generated_middle, load_tasks, program_for, summarize_outcomes,
+    sweep, task_from_record,
 )
 from dlm_lsp.measure.sandbox import SandboxLimits
+from dlm_lsp.measure.scoring import exact_match, normalize
 
 from tests.reliability.synthetic_model import build_synthetic_model  # noqa: E402
 

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..languages import language_id_for_path
-from .stats import format_table, mean, ratio, summarize
+from .client import BenchServer
+from .samples import Sample, collect_files, default_files, text_rows
+from .stats import format_table, mean, progress, ratio, summarize
 
 SERVERS = {"cache": {"contextCache": True}, "no-cache": {"contextCache": False}}
 
@@ -54,8 +56,6 @@ def pick_lines(files: Sequence[Path], count: int, seed: int, *, min_chars: int =
                max_chars: int = 80, min_line: int = 40) -> list[TypedLine]:
     """`count` code lines (not comments, not in docstrings) from `files`, seeded; each at least
     `min_line` lines into its file, so the prefix is a real one."""
-    from .bench import _text_rows
-
     rng = random.Random(seed)
     texts = {}
     for path in files:
@@ -71,7 +71,7 @@ def pick_lines(files: Sequence[Path], count: int, seed: int, *, min_chars: int =
         path = rng.choice(paths)
         text, language_id = texts[path], language_id_for_path(path.name)
         lines = text.split("\n")
-        skip = _text_rows(text, language_id)
+        skip = text_rows(text, language_id)
         rows = [i for i, line in enumerate(lines) if i >= min_line and i not in skip
                 and min_chars <= len(line.strip()) <= max_chars
                 and not line.strip().startswith(("#", "//", "*", '"', "'"))]
@@ -90,8 +90,6 @@ async def type_line(servers: dict[str, Any], typed: TypedLine, index: int,
                     max_keystrokes: int) -> list[Keystroke]:
     """Open the document on every server, ask once (cold), then type the line back, asking
     after every keystroke; servers take turns at each keystroke."""
-    from .bench import Sample
-
     out: list[Keystroke] = []
     uris = {name: f"file:///dlm-bench/typing-{name}/{index}/{Path(typed.path).name}"
             for name in servers}
@@ -174,8 +172,6 @@ def render_typing(report: dict[str, Any]) -> str:
 
 async def run_typing(args) -> tuple[dict[str, Any], list[Keystroke]]:
     """Start both servers, warm them up on one line, then type `args.lines` lines back."""
-    from .bench import BenchServer, collect_files, default_files
-    from .stats import progress
     import sys
 
     source = args.source or default_files()

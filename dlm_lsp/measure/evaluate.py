@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import json
 import logging
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from .sandbox import SandboxLimits, isolation_report, run_python
+from .scoring import exact_match, similarity
 from .stats import format_table, mean, progress, read_jsonl, summarize, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -100,21 +100,6 @@ def load_tasks(path: str | Path, limit: int | None = None) -> list[Task]:
 
 
 # -- scoring ----------------------------------------------------------------------------------
-
-
-def normalize(text: str) -> str:
-    """Drop trailing whitespace on every line and at the end (what exact match ignores)."""
-    return "\n".join(line.rstrip() for line in text.split("\n")).rstrip()
-
-
-def exact_match(generated: str, expected: str) -> bool:
-    """Whether two middles are equal up to trailing whitespace."""
-    return normalize(generated) == normalize(expected)
-
-
-def similarity(generated: str, expected: str) -> float:
-    """Character-level edit similarity in [0, 1] (difflib's ratio) of the normalised middles."""
-    return difflib.SequenceMatcher(None, normalize(generated), normalize(expected)).ratio()
 
 
 def generated_middle(task: Task, edit: tuple[int, int, str] | None) -> str:
