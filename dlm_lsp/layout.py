@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -47,3 +49,18 @@ def build_layout(segments: list[list[int]], canvas_lengths: list[int], file_id: 
             canvas_positions.append(list(range(position, position + length)))
             position += length
     return Layout(context_ids, context_positions, canvas_positions)
+
+
+def pad_contexts(layouts: list[Layout], pad: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The contexts of several layouts as one encoder batch, right-padded to the longest:
+    (ids, positions, mask), each (B, S) int64; mask 0 on padding."""
+    length = max(len(layout.context_ids) for layout in layouts)
+    ids = np.full((len(layouts), length), pad, np.int64)  # (B, S)
+    positions = np.zeros_like(ids)
+    mask = np.zeros_like(ids)
+    for row, layout in enumerate(layouts):
+        n = len(layout.context_ids)
+        ids[row, :n] = layout.context_ids
+        positions[row, :n] = layout.context_positions
+        mask[row, :n] = 1
+    return ids, positions, mask

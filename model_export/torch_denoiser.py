@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlm_lsp.layout import Layout
+from dlm_lsp.layout import Layout, pad_contexts
 from dlm_lsp.modelcard import SpecialTokens
 
 from .model import Denoiser, DenoiserConfig
@@ -61,15 +61,7 @@ class TorchDenoiser:
     @torch.no_grad()
     def encode_batch(self, layouts: list[Layout]) -> TorchState:
         """Several contexts in one call, right-padded to the longest (mask 0)."""
-        length = max(len(layout.context_ids) for layout in layouts)
-        ids = np.full((len(layouts), length), self.specials.pad, np.int64)  # (B, S)
-        positions = np.zeros_like(ids)
-        mask = np.zeros_like(ids)
-        for row, layout in enumerate(layouts):
-            n = len(layout.context_ids)
-            ids[row, :n] = layout.context_ids
-            positions[row, :n] = layout.context_positions
-            mask[row, :n] = 1
+        ids, positions, mask = pad_contexts(layouts, self.specials.pad)  # (B, S) each
         mask_t = self._tensor(mask)
         keys, values = self.model.encode(self._tensor(ids), self._tensor(positions), mask_t)
         return TorchState(keys, values, mask_t)

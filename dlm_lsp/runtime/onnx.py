@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..layout import Layout
+from ..layout import Layout, pad_contexts
 from ..modelcard import (CANVAS_MASK, DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUTS,
                          ENCODER_OUTPUTS, LOGITS, PAST_INPUTS, GraphFiles, ModelCard, ModelError)
 
@@ -172,15 +172,7 @@ class OnnxDenoiser:
 
     def encode_batch(self, layouts: list[Layout]) -> ContextState:
         """Encode several contexts in one call, right-padded to the longest (mask 0)."""
-        length = max(len(layout.context_ids) for layout in layouts)
-        ids = np.full((len(layouts), length), self.card.special_tokens.pad, np.int64)
-        positions = np.zeros_like(ids)
-        mask = np.zeros_like(ids)
-        for row, layout in enumerate(layouts):
-            n = len(layout.context_ids)
-            ids[row, :n] = layout.context_ids
-            positions[row, :n] = layout.context_positions
-            mask[row, :n] = 1
+        ids, positions, mask = pad_contexts(layouts, self.card.special_tokens.pad)
         keys, values = self._run_encoder(ids, positions, mask, None, None)
         return ContextState(keys=keys, values=values, context_mask=mask)
 
