@@ -513,7 +513,7 @@ def plan_holes(
     if spans[0][0] < 0 or spans[-1][1] > len(text) or any(s > e for s, e in spans):
         raise PlanError("a hole lies outside the document")
     language = language_id or (syntax.language_id if syntax else "plaintext")
-    holes = [_span_hole(text, s, e, tree, syntax, language, buckets, settings, count_tokens)
+    holes = [_span_hole(text, s, e, tree, language, buckets, settings, count_tokens)
              for s, e in spans]
     middles = [text[a.end : b.start] for a, b in zip(holes, holes[1:])]
     fixed = sum(count_tokens(m) for m in middles)
@@ -526,7 +526,7 @@ def plan_holes(
     )
 
 
-def _span_hole(text, start, end, tree, syntax, language, buckets, settings, count_tokens) -> Hole:
+def _span_hole(text, start, end, tree, language, buckets, settings, count_tokens) -> Hole:
     """One fill hole: a re-write sized from its text, or a gap sized from the syntax around."""
     if end > start:
         selected = text[start:end]
