@@ -54,3 +54,12 @@ def test_format2_model_batch_equals_one_by_one(tmp_path):
     settings = [SamplerSettings(threshold=t, max_steps=m) for t, m in
                 ((0.9, 4), (0.3, 2), (0.99, 8), (0.6, 16))]
     check_batch_equals_alone(engine, settings)
+
+
+def test_sessions_do_not_spin():
+    """Idle ONNX Runtime threads sleep: a spinning pool of one session slows the other's
+    calls on a machine with few cores (a cached keystroke 2-3x slower on a busy 2-core box)."""
+    denoiser = Engine(denoiser=None).denoiser
+    for session in (denoiser.encoder, denoiser.decoder):
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -138,6 +138,10 @@ class OnnxDenoiser:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = _cpu_threads(threads)
         options.inter_op_num_threads = 1
+        # Idle pool threads sleep instead of spinning: the encoder and decoder sessions each
+        # own a pool, and the spinning threads of the one that just ran would compete with
+        # the next one, and with the editor and the user's builds, for the same few cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # ORT's own warnings go to stderr only when severe
         if providers[0] == "CUDAExecutionProvider":
             providers = providers + ["CPUExecutionProvider"]
