@@ -30,7 +30,7 @@ from complete_latency import sample_positions
 
 from dlm_lsp.remote.pytriton_server import LocalTriton
 from dlm_lsp.measure.stats import format_table, percentile
-from dlm_lsp.triton_repo import RepoSettings, write_repository
+from dlm_lsp.remote.triton_repo import RepoSettings, write_repository
 
 
 def random_format2_model(directory: Path) -> Path:

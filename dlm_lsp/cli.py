@@ -28,7 +28,7 @@ log = logging.getLogger("dlm_lsp")
 
 # subcommands defined in their own modules: name → module exposing add_parser(subparsers)
 _PLUGIN_COMMANDS = {"bench": "dlm_lsp.measure.bench", "eval": "dlm_lsp.measure.evaluate",
-                    "triton-repo": "dlm_lsp.triton_repo"}
+                    "triton-repo": "dlm_lsp.remote.triton_repo"}
 
 
 def _setup_logging(level: str) -> None:

@@ -15,7 +15,7 @@ from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 
 from dlm_lsp.remote.pytriton_server import LocalTriton, free_port
-from dlm_lsp.triton_repo import RepoSettings, write_repository
+from dlm_lsp.remote.triton_repo import RepoSettings, write_repository
 from tests.reliability.synthetic_model import build_synthetic_model
 from tests.test_server_e2e import inline_params, open_doc
 

@@ -18,9 +18,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .modelcard import ModelError, load_card
-from .remote.triton_model import MODEL_SUBDIR
-from .remote.wire import CARD_FILES, CARD_MODEL, COMPLETE_MODEL
+from ..modelcard import ModelError, load_card
+from .triton_model import MODEL_SUBDIR
+from .wire import CARD_FILES, CARD_MODEL, COMPLETE_MODEL
 
 KINDS = {"auto": "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 
