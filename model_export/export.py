@@ -275,20 +275,20 @@ def encoder_feeds(ids, positions, mask, past_keys=None, past_values=None,
 def empty_past(session, batch: int) -> dict:
     """Feeds of an empty past for a causal encoder session ({} for a bidirectional one)."""
     names = {i.name: i for i in session.get_inputs()}
-    if "past_keys" not in names:
+    keys_name = PAST_INPUTS[0]
+    if keys_name not in names:
         return {}
-    L, _, H, _, D = names["past_keys"].shape
-    kind = np.float16 if names["past_keys"].type == "tensor(float16)" else np.float32
+    L, _, H, _, D = names[keys_name].shape
+    kind = np.float16 if names[keys_name].type == "tensor(float16)" else np.float32
     empty = np.zeros((L, batch, H, 0, D), kind)
-    return {"past_keys": empty, "past_values": empty,
-            "past_mask": np.zeros((batch, 0), np.int64)}
+    return dict(zip(PAST_INPUTS, (empty, empty, np.zeros((batch, 0), np.int64))))
 
 
 def canvas_mask(session, batch: int, length: int) -> dict:
     """Feeds of an all-real canvas for a decoder session that takes `canvas_mask` (format 2)."""
-    if "canvas_mask" not in {i.name for i in session.get_inputs()}:
+    if modelcard.CANVAS_MASK not in {i.name for i in session.get_inputs()}:
         return {}
-    return {"canvas_mask": np.ones((batch, length), bool)}
+    return {modelcard.CANVAS_MASK: np.ones((batch, length), bool)}
 
 
 def _np(value) -> np.ndarray:
