@@ -355,7 +355,7 @@ def collate(examples: list[Example], pad_id: int) -> Batch:
 
 def mask_canvas(canvas_ids: torch.Tensor, canvas_mask: torch.Tensor, mask_id: int,
                 eps: float = 1e-3, generator: torch.Generator | None = None,
-                t: torch.Tensor | None = None):
+                t: torch.Tensor | None = None, t_max: float = 1.0):
     """MDLM/LLaDA forward process: mask each real canvas token with probability t ~ U(eps, 1).
 
     `t` (B,) or (B, C) may be given (fixed-noise evaluation, one t per block). Returns (noisy
@@ -363,7 +363,8 @@ def mask_canvas(canvas_ids: torch.Tensor, canvas_mask: torch.Tensor, mask_id: in
     """
     B, C = canvas_ids.shape
     if t is None:
-        t = eps + (1 - eps) * torch.rand(B, generator=generator, device=canvas_ids.device)  # (B,)
+        t = eps + (t_max - eps) * torch.rand(B, generator=generator,
+                                             device=canvas_ids.device)  # (B,)
     draw = torch.rand(B, C, generator=generator, device=canvas_ids.device)
     masked = (draw < (t[:, None] if t.dim() == 1 else t)) & canvas_mask  # (B, C)
     return torch.where(masked, torch.full_like(canvas_ids, mask_id), canvas_ids), masked, t
@@ -387,10 +388,11 @@ def edit_noise(noisy: torch.Tensor, masked: torch.Tensor, canvas_mask: torch.Ten
 
 
 def block_noise_level(blocks: torch.Tensor, real: torch.Tensor, eps: float = 1e-3,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
-    """One t ~ U(eps, 1) per block of each row, spread over its tokens: (B, N)."""
+                      generator: torch.Generator | None = None,
+                      t_max: float = 1.0) -> torch.Tensor:
+    """One t ~ U(eps, t_max) per block of each row, spread over its tokens: (B, N)."""
     B, N = blocks.shape
-    per_block = eps + (1 - eps) * torch.rand(B, N + 2, generator=generator,
+    per_block = eps + (t_max - eps) * torch.rand(B, N + 2, generator=generator,
                                              device=blocks.device)
     return per_block.gather(1, blocks.clamp(min=0))
 

@@ -87,6 +87,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="infill batches' worth of examples grouped by length at once")
     p.add_argument("--max-pad-share", type=float, default=0.1,
                    help="an infill batch closes before its padding passes this")
+    p.add_argument("--t-min", type=float, default=1e-3,
+                   help="masking levels t ~ U(t-min, t-max); the loss weighs masked tokens 1/t, "
+                   "so a small t-min means rare, huge weights (BD3-LM clips the range)")
+    p.add_argument("--t-max", type=float, default=1.0)
     p.add_argument("--edit-rate", type=float, default=0.0,
                    help="share of examples with edit noise (visible tokens replaced)")
     p.add_argument("--edit-share", type=float, default=0.1,
@@ -166,14 +170,21 @@ def forward_canvas(model, batch: Batch, noisy_canvas: torch.Tensor) -> torch.Ten
 class Corruption:
     """The forward process of one training step: masking (and optional edit noise)."""
 
-    def __init__(self, specials, vocab_size: int, edit_rate: float, edit_share: float):
+    def __init__(self, specials, vocab_size: int, edit_rate: float, edit_share: float,
+                 t_min: float = 1e-3, t_max: float = 1.0):
         self.specials = specials
         self.low, self.high = first_text_id(specials), vocab_size
         self.edit_rate, self.edit_share = edit_rate, edit_share
+        self.t_min, self.t_max = t_min, t_max
+
+    def noise_level(self, blocks, real):
+        """One t per block (block-diffusion batches), within the clipped range."""
+        return block_noise_level(blocks, real, eps=self.t_min, t_max=self.t_max)
 
     def __call__(self, clean, canvas_mask, t=None):
         """(noisy ids, rows with loss, loss weights) for clean canvas ids (B, C)."""
-        noisy, masked, t = mask_canvas(clean, canvas_mask, self.specials.mask, t=t)
+        noisy, masked, t = mask_canvas(clean, canvas_mask, self.specials.mask, t=t,
+                                       eps=self.t_min, t_max=self.t_max)
         edited = torch.zeros_like(masked)
         if self.edit_rate:
             noisy, edited = edit_noise(noisy, masked, canvas_mask, self.edit_rate,
@@ -196,7 +207,7 @@ def block_step(model, batch: BlockBatch, corrupt: Corruption):
     """Loss of one block-diffusion batch (BD3-LM: each block a canvas after its clean prefix,
     all in one pass over [clean; noisy]) and its count of masked tokens."""
     canvas_mask = batch.real & (batch.blocks >= 0)  # never the file token
-    t = block_noise_level(batch.blocks, batch.real)
+    t = corrupt.noise_level(batch.blocks, batch.real)
     noisy, rows, weights, masked = corrupt(batch.ids, canvas_mask, t)
     ids = torch.cat([batch.ids, noisy], 1)  # (B, 2N)
     positions = torch.cat([batch.positions, batch.positions], 1)
@@ -400,7 +411,8 @@ def train(args) -> dict:
     loader = batch_loader(BatchStream(texts, languages, args.tokenizer, specials, settings, plan,
                                       args.seed, rank, step),
                           workers, pin_memory=device.type == "cuda")
-    corrupt = Corruption(specials, cfg.vocab_size, args.edit_rate, args.edit_share)
+    corrupt = Corruption(specials, cfg.vocab_size, args.edit_rate, args.edit_share,
+                         args.t_min, args.t_max)
     log_path = out / "log.jsonl"
     hw = hardware(device, world)
 

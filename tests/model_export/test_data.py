@@ -115,3 +115,16 @@ def test_block_noise_is_one_level_per_block():
     t = block_noise_level(blocks, real, generator=torch.Generator().manual_seed(1))
     assert t[0, 1] == t[0, 2] == t[0, 3] and t[0, 4] == t[0, 5]
     assert t[0, 3] != t[0, 4] and ((t > 0) & (t <= 1)).all()
+
+
+def test_clipped_noise_levels_bound_the_loss_weights():
+    from model_export.data import block_noise_level
+
+    g = torch.Generator().manual_seed(2)
+    clean = torch.randint(10, 50, (256, 16), generator=g)
+    _, _, t = mask_canvas(clean, torch.ones_like(clean, dtype=torch.bool), 1, eps=0.2,
+                          generator=g)
+    assert t.min() >= 0.2 and t.max() <= 1.0  # 1/t weights at most 5
+    blocks = torch.arange(64).repeat_interleave(4)[None]
+    t = block_noise_level(blocks, blocks >= 0, eps=0.3, t_max=0.8, generator=g)
+    assert t.min() >= 0.3 and t.max() <= 0.8
