@@ -37,6 +37,26 @@ def _never() -> bool:
     return False
 
 
+class NewestWins:
+    """The newest request per key (a document uri) wins: each start bumps the key's
+    generation, and an older request's check turns true so it stops between denoise steps."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._generation: dict[str, int] = {}
+
+    def start(self, key: str) -> Check:
+        """Start a request on `key`; the returned check is true once a newer one started."""
+        with self._lock:
+            generation = self._generation.get(key, 0) + 1
+            self._generation[key] = generation
+        return lambda: self._generation.get(key) != generation
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._generation.pop(key, None)
+
+
 @dataclass
 class CompletionResult:
     """One inline completion and what it cost."""
@@ -109,8 +129,8 @@ class Engine:
         self.contexts = ContextCache(self.settings.context_cache_mb * 2**20)
         self._anchors: dict[str, int] = {}
         self._model_lock = threading.Lock()
-        self._generation: dict[str, int] = {}
-        self._generation_lock = threading.Lock()
+        self._requests = NewestWins()
+        self._anchors_lock = threading.Lock()
 
     # -- settings ---------------------------------------------------------------------------
 
@@ -150,15 +170,12 @@ class Engine:
 
         Returns a check that is true once a newer request on the same key has started.
         """
-        with self._generation_lock:
-            generation = self._generation.get(key, 0) + 1
-            self._generation[key] = generation
-        return lambda: self._generation.get(key) != generation
+        return self._requests.start(key)
 
     def forget(self, key: str) -> None:
         """Drop per-document state (the document was closed)."""
-        with self._generation_lock:
-            self._generation.pop(key, None)
+        self._requests.forget(key)
+        with self._anchors_lock:
             self._anchors.pop(key, None)
         self.cache.forget(key)
         self.contexts.forget(key)
@@ -202,7 +219,7 @@ class Engine:
             anchor=self._anchors.get(key) if key is not None else None,
         )
         if key is not None:
-            with self._generation_lock:
+            with self._anchors_lock:
                 self._anchors[key] = plan.window_start
         fill = self._run(plan, text, syntax, settings, cancelled, key)
         completion = fill.completions[0] if fill.completions else None

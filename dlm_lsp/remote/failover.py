@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from ..engine import CompletionResult, Engine, FillResult
+from ..engine import CompletionResult, Engine, FillResult, NewestWins
 from ..modelcard import ModelError
 from ..settings import Settings
 from .client import RemoteError, TritonDenoiser
@@ -66,7 +66,7 @@ class FailoverEngine:
         self._down_until = float("-inf")
         self._outage = False  # warned about the current outage
         self._lock = threading.Lock()
-        self._generation: dict[str, int] = {}
+        self._requests = NewestWins()
         self.last_engine: Engine | None = None
         self.remote_error: str | None = None
 
@@ -94,14 +94,10 @@ class FailoverEngine:
 
     def supersede(self, key: str) -> Callable[[], bool]:
         """Start a new request on `key`; the check turns true once a newer one started."""
-        with self._lock:
-            generation = self._generation.get(key, 0) + 1
-            self._generation[key] = generation
-        return lambda: self._generation.get(key) != generation
+        return self._requests.start(key)
 
     def forget(self, key: str) -> None:
-        with self._lock:
-            self._generation.pop(key, None)
+        self._requests.forget(key)
         for engine in (self._remote, self._local):
             if engine is not None:
                 engine.forget(key)
