@@ -407,13 +407,6 @@ def diffusion_loss(logits: torch.Tensor, targets: torch.Tensor, masked: torch.Te
     return (weighted / canvas_mask.sum(1).clamp(min=1)).mean()
 
 
-def batch_tokens_masked_ce(logits, targets, masked) -> tuple[float, int]:
-    """Plain (unweighted) summed cross-entropy over masked tokens and their count."""
-    ce = torch.nn.functional.cross_entropy(logits.float()[masked], targets[masked],
-                                           reduction="sum")
-    return float(ce), int(masked.sum())
-
-
 def row_loss(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor,
              weights: torch.Tensor, per_row: torch.Tensor) -> torch.Tensor:
     """`diffusion_loss` when the output head ran only on `rows` (B, T) bool: `logits` (N, V)

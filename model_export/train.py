@@ -31,7 +31,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .corpus import corpus_stats, read_corpus
-from .data import (Batch, BlockBatch, ExampleMaker, ExampleSettings, batch_tokens_masked_ce,
+from .data import (Batch, BlockBatch, ExampleMaker, ExampleSettings,
                    block_noise_level, collate, edit_noise, mask_canvas, row_loss)
 from .model import CONTEXT_ATTENTION, Denoiser, DenoiserConfig, block_diffusion_mask, block_mask
 from .sampling import exact_match
@@ -157,16 +157,6 @@ def infill_pass(model, batch: Batch, noisy: torch.Tensor, rows: torch.Tensor, ca
                  rows=torch.cat([torch.zeros_like(batch.context_mask), rows], 1))
 
 
-def forward_canvas(model, batch: Batch, noisy_canvas: torch.Tensor) -> torch.Tensor:
-    """Logits (B, C, V) of the whole canvas from one block-masked pass over [context; canvas]."""
-    ids = torch.cat([batch.context_ids, noisy_canvas], 1)  # (B, S+C)
-    positions = torch.cat([batch.context_positions, batch.canvas_positions], 1)
-    real = torch.cat([batch.context_mask, batch.canvas_mask], 1)
-    is_canvas = torch.cat([torch.zeros_like(batch.context_mask),
-                           torch.ones_like(batch.canvas_mask)], 1)
-    return model(ids, positions, real, is_canvas, n_context=batch.context_ids.shape[1])
-
-
 class Corruption:
     """The forward process of one training step: masking (and optional edit noise)."""
 
@@ -231,6 +221,16 @@ class Validator:
         self.em = [maker.make(rng) for _ in range(em_examples)]
         self.seed = seed
 
+    @staticmethod
+    def _summed_ce(model, device, autocast, batch: Batch, noisy, rows) -> tuple[float, int]:
+        """Summed cross-entropy over the canvas positions `rows` (B, C), and their count."""
+        batch, noisy, rows = batch.to(device), noisy.to(device), rows.to(device)
+        with autocast:
+            logits = infill_pass(model, batch, noisy, rows, model.cfg.causal)
+        ce = torch.nn.functional.cross_entropy(logits.float(), batch.canvas_ids[rows],
+                                               reduction="sum")
+        return float(ce), int(rows.sum())
+
     @torch.no_grad()
     def loss(self, model, device, autocast) -> float:
         """Mean masked cross-entropy per masked token (unweighted) at random t."""
@@ -240,11 +240,7 @@ class Validator:
         for batch in self.batches:
             noisy, masked, _ = mask_canvas(batch.canvas_ids, batch.canvas_mask, specials.mask,
                                            generator=gen)
-            batch = batch.to(device)
-            noisy, masked = noisy.to(device), masked.to(device)
-            with autocast:
-                logits = forward_canvas(model, batch, noisy)
-            ce, n = batch_tokens_masked_ce(logits, batch.canvas_ids, masked)
+            ce, n = self._summed_ce(model, device, autocast, batch, noisy, masked)
             total, count = total + ce, count + n
         return total / max(count, 1)
 
@@ -265,12 +261,8 @@ class Validator:
                 batch = Batch(batch.context_ids[:, :1], batch.context_positions[:, :1],
                               batch.context_mask[:, :1], batch.canvas_ids,
                               batch.canvas_positions, batch.canvas_mask)
-            batch, noisy, rows = batch.to(device), noisy.to(device), rows.to(device)
-            with autocast:
-                logits = infill_pass(model, batch, noisy, rows, model.cfg.causal)
-            ce = torch.nn.functional.cross_entropy(logits.float(), batch.canvas_ids[rows],
-                                                   reduction="sum")
-            total, count = total + float(ce), count + int(rows.sum())
+            ce, n = self._summed_ce(model, device, autocast, batch, noisy, rows)
+            total, count = total + ce, count + n
         return total / max(count, 1)
 
     @torch.no_grad()
