@@ -56,7 +56,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of examples with full context budgets (the rest are short)")
     p.add_argument("--buckets", default="16,32,64,128", help="canvas lengths")
     p.add_argument("--batch-size", type=int, default=8, help="per process")
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=5e-4,
+                   help="peak learning rate; at 2e-3 the 4.7 M model sat on the unigram plateau "
+                   "(content_ce ~6.9) for 1,350 steps, at 5e-4 it leaves it within ~500")
     p.add_argument("--min-lr-ratio", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--warmup", type=int, default=100, help="warmup steps")
