@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from model_export.data import mask_canvas, row_loss  # noqa: E402
 from model_export.model import Denoiser, DenoiserConfig  # noqa: E402
 from model_export.tokenizer import load_tokenizer, special_tokens  # noqa: E402
 from model_export.train import load_texts  # noqa: E402
@@ -88,15 +89,15 @@ def main(argv=None) -> int:
             return F.cross_entropy(model.logits(h[:, :-1]).float().flatten(0, 1),
                                    ids[:, 1:].flatten())
         gen = None if seed is None else torch.Generator().manual_seed(seed)
-        t = (torch.full((b, 1), fixed_t) if fixed_t is not None
-             else 1e-3 + (1 - 1e-3) * torch.rand(b, 1))
-        masked = torch.rand(b, T, generator=gen) < t
-        noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)
+        t = None if fixed_t is None else torch.full((b,), fixed_t)
+        noisy, masked, t = mask_canvas(ids, torch.ones_like(ids, dtype=torch.bool), mask_id,
+                                       generator=gen, t=t)
         h = model.hidden(noisy, positions.expand(b, -1), everyone.expand(b, -1, -1))
-        ce = F.cross_entropy(model.logits(h[masked]).float(), ids[masked], reduction="none")
+        logits = model.logits(h[masked])
         if fixed_t is not None or args.unweighted:
-            return ce.mean()
-        return (ce / t.expand(b, T)[masked]).sum() / (b * T)
+            return F.cross_entropy(logits.float(), ids[masked])
+        weights = (1 / t)[:, None].expand(b, T)  # the training loss: 1/t per masked token
+        return row_loss(logits, ids, masked, weights, torch.full((b,), T))
 
     began = time.time()
     for step in range(args.steps + 1):
