@@ -23,7 +23,7 @@ import sysconfig
 import time
 from pathlib import Path
 
-from .gpu import PLANS, REPO, parse_sets
+from .gpu_plan import PLANS, REPO, parse_sets
 from .gpu_here import WHEELS
 
 H200_BF16_FLOPS = 790e12  # bf16 matrix product measured on the lent H200 (KINDS.md)

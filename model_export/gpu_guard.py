@@ -96,7 +96,7 @@ def write_sitecustomize(folder: Path, carried: tuple[str, ...] | list[str]) -> P
 RECIPE_IMPORTS = """
 import model_export.__main__, model_export.corpus, model_export.tokenizer, model_export.train
 import model_export.export, model_export.heldout, model_export.gpu, model_export.parcel
-import model_export.gpu_here, model_export.gpu_checks
+import model_export.gpu_here, model_export.gpu_checks, model_export.gpu_plan
 import dlm_lsp.cli, dlm_lsp.measure.evaluate, dlm_lsp.engine
 from dlm_lsp.languages import syntax_for
 import zstandard, onnx, onnxscript, onnxruntime, onnxruntime.quantization, matplotlib.pyplot

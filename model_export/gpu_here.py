@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import parcel
-from .gpu import REPO, paths
+from .gpu_plan import REPO, paths
 
 # The wheels the GPU machine lacks, at the versions this project is tested with (cp312,
 # manylinux x86-64). `gpu_guard.check_recipe_imports` proves they are all the recipe needs.

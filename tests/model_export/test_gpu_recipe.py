@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from model_export import parcel
-from model_export.gpu import GPU_PLAN, REPO, build_parser, parse_sets, plan_flags
+from model_export.gpu import build_parser
 from model_export.gpu_here import WHEELS
 from model_export.gpu_checks import check_out
 from model_export.gpu_guard import blocked_modules, write_sitecustomize
+from model_export.gpu_plan import GPU_PLAN, REPO, parse_sets, plan_flags
 
 
 def _files(root: Path, sizes: dict[str, int]) -> dict[str, Path]:
