@@ -104,7 +104,8 @@ def _read(path: str) -> str:
 def _sampler_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="max denoise steps")
     parser.add_argument("--threshold", type=float, default=None, help="commit threshold")
-    parser.add_argument("--strategy", choices=("parallel", "left_to_right"), default="parallel")
+    parser.add_argument("--strategy", choices=("parallel", "left_to_right"), default=None,
+                        help="default: the model card's")
 
 
 def _sampler_overrides(args: argparse.Namespace) -> dict:

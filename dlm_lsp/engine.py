@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 
 from .cache import TypingCache
 from .context_cache import ContextCache, DocumentDenoiser
+from .heal import Heal, Healer, unheal
 from .languages import Syntax, syntax_for
 from .layout import build_layout
 from .modelcard import ModelCard, ModelError, default_model_dir, load_card
@@ -123,6 +124,7 @@ class Engine:
 
             denoiser = OnnxDenoiser(self.card, self.settings.device, self.settings.threads)
         self.denoiser = denoiser
+        self._healer: Healer | None = None  # built on first use (a pass over the vocabulary)
         self.provider: str = getattr(denoiser, "provider", "CPU")
         self.cache = TypingCache()
         # each document's encoded context (causal models) and its prefix window's start
@@ -141,19 +143,20 @@ class Engine:
             threshold=card.threshold if s.threshold is None else s.threshold,
             max_steps=card.max_steps if s.max_steps is None else s.max_steps,
             remask_floor=card.remask_floor if s.remask_floor is None else s.remask_floor,
-            strategy=s.strategy,
+            strategy=card.strategy if s.strategy is None else s.strategy,
         )
 
     def plan_settings(self, settings: Settings | None = None) -> PlanSettings:
         """Budgets for the planner, bounded by the model's context."""
         s, card = settings or self.settings, self.card
+        suffix = s.suffix_tokens if card.reads_suffix else 0  # text it never learnt to read
         prefix = s.prefix_tokens
         if prefix is None:  # a causal model's cached prefix costs little: give it the room
-            prefix = max(1, card.max_context - 1 - s.suffix_tokens) if card.causal else 384
+            prefix = max(1, card.max_context - 1 - suffix) if card.causal else 384
         return PlanSettings(
             prefix_tokens=prefix,
             prefix_step=prefix // 8 if card.causal else 0,
-            suffix_tokens=s.suffix_tokens,
+            suffix_tokens=suffix,
             max_block_lines=s.max_block_lines,
             max_context=self.card.max_context,
             max_position=self.card.max_position,
@@ -340,6 +343,24 @@ class Engine:
                 segments[-1] = segments[-1][: max(0, len(segments[-1]) - excess)]
         return segments
 
+    @property
+    def healer(self) -> Healer:
+        """Token healing over this model's vocabulary."""
+        if self._healer is None:
+            self._healer = Healer(self.tokenizer)
+        return self._healer
+
+    def _heal(self, plan: InfillPlan, segments: list[list[int]], settings: Settings
+              ) -> list[Heal | None]:
+        """Back the segment before each hole off to a token boundary (in place); per hole,
+        what was removed, or None."""
+        heals: list[Heal | None] = [None] * len(plan.holes)
+        if not settings.token_healing or not getattr(self.denoiser, "returns_logits", False):
+            return heals  # the constraint needs the logits of the canvas's first position
+        for index in range(len(plan.holes)):
+            segments[index], heals[index] = self.healer.heal(segments[index])
+        return heals
+
     def _document_denoiser(self, key: str | None, settings: Settings) -> DocumentDenoiser:
         """The denoiser for one request: with a key (a uri) and the cache on, it starts
         from the document's cached context."""
@@ -354,8 +375,10 @@ class Engine:
         if not plan.holes:
             return FillResult([], plan=plan)
         segments = self._encode_segments(plan)
+        heals = self._heal(plan, segments, settings)
         layout = build_layout(
-            segments, [h.canvas_length for h in plan.holes], self.card.special_tokens.file
+            segments, [h.canvas_length for h in plan.holes], self.card.special_tokens.file,
+            shift=self.card.shift,
         )
         denoiser = self._document_denoiser(key, settings)
         remote = getattr(self.denoiser, "denoise_request", None)
@@ -366,12 +389,14 @@ class Engine:
             with self._model_lock:
                 result = denoise(
                     denoiser, layout, self.card.special_tokens, self.sampler_settings(settings),
-                    cancelled,
+                    cancelled, heals=[h.allowed if h else None for h in heals],
                 )
         raw = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in result.canvases]
+        at_holes = [unheal(generated, heal) for generated, heal in zip(raw, heals)]
         completions = [
-            finish(plan, index, generated, text=text, syntax=syntax)
-            for index, generated in enumerate(raw)
+            None if generated is None else finish(plan, index, generated, text=text,
+                                                  syntax=syntax)
+            for index, generated in enumerate(at_holes)
         ]
         return FillResult(
             completions, plan=plan, steps=result.steps,

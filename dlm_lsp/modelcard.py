@@ -38,6 +38,7 @@ from typing import Any
 CARD_FORMAT = 2  # what model_export writes; the runtime reads 1 and 2
 CARD_FORMATS = (1, 2)
 CONTEXT_ATTENTION = ("causal", "bidirectional")
+CANVAS_ATTENTION = ("bidirectional", "causal")
 
 # The graphs' input and output names: the export writes them, the runtimes bind them.
 ENCODER_INPUTS = ("input_ids", "position_ids", "attention_mask")
@@ -77,6 +78,7 @@ class SamplerDefaults:
     threshold: float = 0.9  # commit every masked position whose probability reaches this
     max_steps: int = 32  # hard cap on denoiser calls per request
     remask_floor: float = 0.0  # re-mask committed tokens whose probability fell below (0 = off)
+    strategy: str = "parallel"  # or "left_to_right" (one commit per step: an AR model as it is)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,6 +108,14 @@ class ModelCard:
     graphs: dict[str, GraphFiles]  # by provider: "cpu" required, "cuda" optional
     tokenizer: str = "tokenizer.json"
     context_attention: str = "bidirectional"  # "causal": an encoded context can be extended
+    n_kv_heads: int = 0  # key/value heads (H of keys[L,B,H,S,D]); 0: as many as n_heads
+    # how canvas tokens see each other: "bidirectional" (a denoiser) or "causal" (an imported
+    # autoregressive model served as it is); the decoder graph applies it
+    canvas_attention: str = "bidirectional"
+    # predictions shifted by one, as in an AR model: the output at position i predicts token
+    # i+1, so each hole's canvas is fed the token before it (`layout.decoder_inputs`)
+    shift: bool = False
+    reads_suffix: bool = True  # False: the model never saw text after a hole (a plain AR model)
     weights: str | None = None  # the graphs' shared external-data file (format 2)
     directory: Path = field(default=Path("."), compare=False)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # training, corpus, ...
@@ -113,6 +123,11 @@ class ModelCard:
     def path(self, name: str) -> Path:
         """A file of this model directory."""
         return self.directory / name
+
+    @property
+    def kv_heads(self) -> int:
+        """Heads of the encoded context's keys/values (grouped-query attention)."""
+        return self.n_kv_heads or self.n_heads
 
     @property
     def causal(self) -> bool:
@@ -150,7 +165,12 @@ class ModelCard:
             "graphs": {k: vars(v) for k, v in self.graphs.items()},
             "tokenizer": self.tokenizer,
             "context_attention": self.context_attention,
+            "canvas_attention": self.canvas_attention,
+            "shift": self.shift,
+            "reads_suffix": self.reads_suffix,
         }
+        if self.n_kv_heads:
+            out["architecture"]["n_kv_heads"] = self.n_kv_heads
         if self.weights is not None:
             out["weights"] = self.weights
         for key, value in self.extra.items():
@@ -182,6 +202,15 @@ def parse_card(raw: Any, directory: Path) -> ModelCard:
     if attention not in CONTEXT_ATTENTION:
         raise ModelError(f"{where}: context_attention {attention!r}, expected one of "
                          f"{CONTEXT_ATTENTION}")
+    canvas_attention = raw.get("canvas_attention", "bidirectional")
+    if canvas_attention not in CANVAS_ATTENTION:
+        raise ModelError(f"{where}: canvas_attention {canvas_attention!r}, expected one of "
+                         f"{CANVAS_ATTENTION}")
+    flags = {}
+    for name, default in (("shift", False), ("reads_suffix", True)):
+        flags[name] = raw.get(name, default)
+        if not isinstance(flags[name], bool):
+            raise ModelError(f"{where}: {name} must be true or false")
     weights = raw.get("weights")
     if weights is not None and not isinstance(weights, str):
         raise ModelError(f"{where}: weights must name a file")
@@ -216,7 +245,11 @@ def parse_card(raw: Any, directory: Path) -> ModelCard:
     core = {
         "format", "name", "version", "special_tokens", "canvas_buckets", "max_context",
         "max_position", "sampler", "graphs", "tokenizer", "context_attention", "weights",
+        "canvas_attention", "shift", "reads_suffix",
     }
+    n_kv_heads = arch.get("n_kv_heads", 0)
+    if not isinstance(n_kv_heads, int) or isinstance(n_kv_heads, bool) or n_kv_heads < 0:
+        raise ModelError(f"{where}: architecture n_kv_heads must be a non-negative integer")
     return ModelCard(
         name=str(raw.get("name", directory.name)),
         version=str(raw.get("version", "0")),
@@ -232,6 +265,10 @@ def parse_card(raw: Any, directory: Path) -> ModelCard:
         graphs=graphs,
         tokenizer=str(raw.get("tokenizer", "tokenizer.json")),
         context_attention=attention,
+        n_kv_heads=n_kv_heads,
+        canvas_attention=canvas_attention,
+        shift=flags["shift"],
+        reads_suffix=flags["reads_suffix"],
         weights=weights,
         directory=directory,
         extra={k: v for k, v in raw.items() if k not in core},

@@ -126,6 +126,29 @@ def _no_early_end(
     pred_prob[rows] = probs[np.arange(len(rows)), best] / probs.sum(-1)
 
 
+def _heal(pred_ids: np.ndarray, pred_prob: np.ndarray, logits: np.ndarray,
+          masked: np.ndarray, heals: dict[int, np.ndarray]) -> None:
+    """At each still-masked healed position, the best of its allowed ids, its probability
+    renormalised over them (the constraint is certain: the text is already typed)."""
+    for position, allowed in heals.items():
+        if not masked[position] or allowed.size == 0:
+            continue
+        scores = logits[position, allowed].astype(np.float64)
+        best = int(scores.argmax())
+        probs = np.exp(scores - scores[best])
+        pred_ids[position] = allowed[best]
+        pred_prob[position] = 1.0 / probs.sum()
+
+
+def _probability_of(logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """softmax(logits)[i, tokens[i]] for (T, V) logits: the probability of each token."""
+    scores = logits.astype(np.float64)
+    scores -= scores.max(-1, keepdims=True)
+    probs = np.exp(scores)
+    picked = probs[np.arange(len(tokens)), tokens] / probs.sum(-1)
+    return picked.astype(np.float32)
+
+
 def _never() -> bool:
     return False
 
@@ -158,7 +181,8 @@ class _Request:
     """One request in the lockstep loop: its holes back to back as one canvas."""
 
     def __init__(self, layout: Layout, specials: SpecialTokens, settings: SamplerSettings,
-                 cancelled: Callable[[], bool], can_ban: bool) -> None:
+                 cancelled: Callable[[], bool], can_ban: bool,
+                 heals: Sequence[np.ndarray | None] | None = None) -> None:
         self.layout = layout
         self.lengths = np.array(layout.canvas_lengths, dtype=np.int64)
         self.starts = _starts(self.lengths)
@@ -169,6 +193,15 @@ class _Request:
         index_in_canvas = np.arange(total) - np.repeat(self.starts, self.lengths)
         self.head = index_in_canvas < settings.min_tokens  # positions that may not end the span
         self.can_ban = can_ban and bool(self.head.any())
+        # token healing: the ids a hole's first position may take (it must re-produce the
+        # text the context was backed off by); applied where the runtime returns logits
+        self.heals = {int(start): np.asarray(ids, np.int64)
+                      for start, ids in zip(self.starts, heals or ()) if ids is not None}
+        if not can_ban:
+            self.heals = {}
+        # a shifted decoder's canvas_prob is of the input (the token before): recompute it
+        # from the logits, which remasking then needs
+        self.remask_logits = can_ban and layout.shifted and settings.remask_floor > 0
         self.mask_id = specials.mask
         self.settings = settings
         self.max_steps = max(1, settings.max_steps)
@@ -183,14 +216,27 @@ class _Request:
         return bool((self.canvas == self.mask_id).any())
 
     def guarded(self) -> bool:
-        """Whether this step needs logits: a head position is still masked (`min_tokens`)."""
-        return self.can_ban and bool((self.head & (self.canvas == self.mask_id)).any())
+        """Whether this step needs logits: a head position is still masked (`min_tokens`),
+        a healed position is still masked, or a shifted canvas may be re-masked."""
+        masked = self.canvas == self.mask_id
+        return (self.can_ban and bool((self.head & masked).any())
+                or any(masked[start] for start in self.heals) or self.remask_logits)
+
+    def inputs(self) -> tuple[np.ndarray, np.ndarray]:
+        """The decoder's input ids and positions (T,): the canvas, shifted for a shifted
+        model."""
+        return self.layout.decoder_inputs(self.canvas, self.positions)
 
     def advance(self, pred_ids: np.ndarray, pred_prob: np.ndarray, canvas_prob: np.ndarray,
                 logits: np.ndarray | None, specials: SpecialTokens, banned: list[int]) -> None:
         """Commit one step's predictions, each (T,); `logits` (T, V) when guarded."""
         canvas, settings = self.canvas, self.settings
         pred_ids, pred_prob = pred_ids.copy(), pred_prob.copy()
+        if logits is not None:
+            _heal(pred_ids, pred_prob, logits, canvas == specials.mask, self.heals)
+        if self.layout.shifted:
+            canvas_prob = (_probability_of(logits, canvas) if logits is not None
+                           else np.ones_like(pred_prob))
         if logits is not None:
             rows = np.flatnonzero(self.head & (canvas == specials.mask)
                                   & (pred_ids == specials.end_of_span))
@@ -232,8 +278,7 @@ def _step_batch(denoiser: Any, state: object, batch: list[_Request], rows: list[
     canvas_mask = np.zeros((len(batch), width), dtype=bool)  # (B, C)
     for row in rows:
         n = len(batch[row].canvas)
-        canvas_ids[row, :n] = batch[row].canvas
-        canvas_positions[row, :n] = batch[row].positions
+        canvas_ids[row, :n], canvas_positions[row, :n] = batch[row].inputs()
         canvas_mask[row, :n] = True
     guards = [batch[row].guarded() for row in rows]
     outputs = denoiser.denoise_step_batch(state, canvas_ids, canvas_positions, canvas_mask,
@@ -254,14 +299,14 @@ def _step_each(denoiser: Any, batch: list[_Request], rows: list[int]) -> list[tu
     steps = []
     for row in rows:
         request = batch[row]
+        ids, positions = request.inputs()
         if request.guarded():
             pred_ids, pred_prob, canvas_prob, logits = denoiser.denoise_step(
-                request.state, request.canvas[None, :], request.positions[None, :],
-                need_logits=True)
+                request.state, ids[None, :], positions[None, :], need_logits=True)
             logits = logits[0]
         else:
             pred_ids, pred_prob, canvas_prob = denoiser.denoise_step(
-                request.state, request.canvas[None, :], request.positions[None, :])
+                request.state, ids[None, :], positions[None, :])
             logits = None
         steps.append((pred_ids[0], pred_prob[0], canvas_prob[0], logits))
     return steps
@@ -275,6 +320,7 @@ def denoise_batch(
     cancelled: Callable[[], bool] | Sequence[Callable[[], bool]] = _never,
     *,
     state: object = None,
+    heals: Sequence[Sequence[np.ndarray | None] | None] | None = None,
 ) -> list[DenoiseResult | None]:
     """Fill every canvas of every layout in lockstep; None for a request that was cancelled.
 
@@ -293,8 +339,9 @@ def denoise_batch(
     if state is not None and count != 1:
         raise ValueError("an encoded state is the context of a batch of one")
     can_ban = bool(denoiser.returns_logits)
-    requests = [_Request(layout, specials, s, check, can_ban)
-                for layout, s, check in zip(layouts, settings, checks)]
+    heals = list(heals) if heals is not None else [None] * count
+    requests = [_Request(layout, specials, s, check, can_ban, heal)
+                for layout, s, check, heal in zip(layouts, settings, checks, heals)]
     for request in requests:
         request.dropped = bool(request.cancelled())
     batch = [request for request in requests if not request.dropped]  # the encoded rows
@@ -333,10 +380,13 @@ def denoise(
     cancelled: Callable[[], bool] = _never,
     *,
     state: object = None,
+    heals: Sequence[np.ndarray | None] | None = None,
 ) -> DenoiseResult:
     """Fill every canvas of `layout` (a batch of one); raise Cancelled if `cancelled()` turns
-    true between steps. `state`: the layout's context, already encoded."""
-    (result,) = denoise_batch(denoiser, [layout], specials, settings, cancelled, state=state)
+    true between steps. `state`: the layout's context, already encoded. `heals`: per hole,
+    the ids its first position may take (token healing), or None."""
+    (result,) = denoise_batch(denoiser, [layout], specials, settings, cancelled, state=state,
+                              heals=[heals])
     if result is None:
         raise Cancelled
     return result

@@ -30,7 +30,10 @@ class Settings:
     max_steps: int | None = None  # denoiser calls per request at most
     threshold: float | None = None  # commit masked positions at least this confident
     remask_floor: float | None = None  # re-mask committed tokens that fell below (0 = off)
-    strategy: str = "parallel"  # "left_to_right": one token per step, as an AR decoder would
+    # "parallel", or "left_to_right": one token per step, as an AR decoder would; None: the
+    # model card's recommendation
+    strategy: str | None = None
+    token_healing: bool = True  # back the context off to a token boundary at each hole
     # context budget before the cursor; None = the model's: all the context that the suffix
     # leaves for a causal model (its cached prefix costs almost nothing per keystroke), else 384
     prefix_tokens: int | None = None
@@ -66,7 +69,7 @@ def _snake(name: str) -> str:
 
 def _check(name: str, value: Any) -> Any:
     """Validate one field's value; raise ValueError with a reason when it is unusable."""
-    if name in ("enable", "context_cache"):
+    if name in ("enable", "context_cache", "token_healing"):
         if not isinstance(value, bool):
             raise ValueError("expected true or false")
     elif name == "languages":
@@ -93,7 +96,7 @@ def _check(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError("expected an integer ≥ 1")
     elif name == "strategy":
-        if value not in STRATEGIES:
+        if value is not None and value not in STRATEGIES:
             raise ValueError(f"expected one of {', '.join(STRATEGIES)}")
     elif name == "log_level":
         if not isinstance(value, str) or value.lower() not in LOG_LEVELS:

@@ -68,6 +68,12 @@ def cmd_export(args) -> int:
     return main_from_args(args)
 
 
+def cmd_import(args) -> int:
+    from .gguf_import import main_from_args
+
+    return main_from_args(args)
+
+
 def cmd_verify(args) -> int:
     from .export import verify_from_args
 
@@ -110,6 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-bytes", type=int, default=30_000_000,
                    help="about how many corpus bytes to train on")
     p.set_defaults(func=cmd_tokenizer)
+
+    from .gguf_import import add_import_arguments
+
+    p = sub.add_parser("import", help="import a pretrained GGUF model (LLaMA) as a checkpoint",
+                       description="Read a GGUF file with ggml's `gguf` package, map it onto the "
+                       "denoiser (grouped-query attention, RoPE rows back in rotate-half order, "
+                       "tied head) as the AR model it is (causal canvas, shifted predictions), "
+                       "and write the checkpoint and the tokenizer rebuilt from the file.")
+    add_import_arguments(p)
+    p.set_defaults(func=cmd_import)
 
     from .train import add_train_arguments
 

@@ -102,7 +102,7 @@ def example_inputs(model: Denoiser, B: int, S: int, C: int, dtype=torch.float32,
     canvas_mask = torch.ones(B, C, dtype=torch.bool)
     for row in range(2, B):
         canvas_mask[row, 1 + int(torch.randint(0, C, (1,), generator=g)):] = False
-    L, H, D = cfg.n_layers, cfg.n_heads, cfg.head_dim
+    L, H, D = cfg.n_layers, cfg.kv_heads, cfg.head_dim
     keys = torch.randn(L, B, H, S, D, generator=g).to(dtype)
     values = torch.randn(L, B, H, S, D, generator=g).to(dtype)
     encoder = (ids, positions + past, mask)

@@ -36,23 +36,40 @@ import torch.nn.functional as F
 
 
 CONTEXT_ATTENTION = ("causal", "bidirectional")
+CANVAS_ATTENTION = ("bidirectional", "causal")
 
 
 @dataclass
 class DenoiserConfig:
     vocab_size: int = 8192  # tokenizer vocabulary, special tokens included
     n_layers: int = 4  # transformer blocks
-    n_heads: int = 4  # attention heads (keys/values have as many; no GQA)
+    n_heads: int = 4  # query heads
     head_dim: int = 64  # width of one head; d_model = n_heads * head_dim
     mlp_hidden: int = 512  # inner width of the gated MLP
     max_position: int = 1024  # position ids must stay below this (RoPE works beyond, untrained)
     rope_base: float = 10000.0  # RoPE frequency base
     norm_eps: float = 1e-5  # RMSNorm epsilon
     context_attention: str = "causal"  # "causal" (format 2) or "bidirectional" (format 1)
+    n_kv_heads: int = 0  # key/value heads (grouped-query attention); 0: as many as n_heads
+    # how canvas tokens see each other: "bidirectional" (a denoiser), or "causal" (an imported
+    # autoregressive model served as it is: canvas token i sees canvas tokens <= i)
+    canvas_attention: str = "bidirectional"
+    # the output at position i predicts token i+1 (an AR model's head, kept by block-diffusion
+    # adaptation); the layout then feeds each hole the token before it (`dlm_lsp.layout`)
+    shift: bool = False
 
     def __post_init__(self):
         if self.context_attention not in CONTEXT_ATTENTION:
             raise ValueError(f"context_attention must be one of {CONTEXT_ATTENTION}")
+        if self.canvas_attention not in CANVAS_ATTENTION:
+            raise ValueError(f"canvas_attention must be one of {CANVAS_ATTENTION}")
+        if self.n_heads % self.kv_heads:
+            raise ValueError("n_heads must be a multiple of n_kv_heads")
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: the contract's H in keys[L,B,H,S,D]."""
+        return self.n_kv_heads or self.n_heads
 
     @property
     def causal(self) -> bool:
@@ -111,15 +128,21 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class Attention(nn.Module):
     def __init__(self, cfg: DenoiserConfig):
         super().__init__()
-        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.n_heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        # one projection: queries (n_heads), then keys and values (kv_heads each)
+        self.qkv = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.kv_heads) * cfg.head_dim,
+                             bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
     def project(self, x, cos, sin):
-        """Queries, keys (both after RoPE) and values of x: each (B, H, T, D)."""
+        """Queries (B, H, T, D), keys and values (B, Hkv, T, D) of x; queries and keys after
+        RoPE."""
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).unbind(2)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        D, H, Hkv = self.head_dim, self.n_heads, self.kv_heads
+        q, k, v = self.qkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+        v = v.view(B, T, Hkv, D).transpose(1, 2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def attend(self, q, k, v, allowed):
@@ -130,6 +153,11 @@ class Attention(nn.Module):
         """
         if allowed.shape[1] == 1:  # one row for every query: let the kernel broadcast it
             allowed = allowed.expand(-1, q.shape[2], -1)
+        if self.kv_heads != self.n_heads:  # query head h reads key/value head h // group
+            group = self.n_heads // self.kv_heads
+            B, Hkv, S, D = k.shape
+            k = k[:, :, None].expand(B, Hkv, group, S, D).reshape(B, Hkv * group, S, D)
+            v = v[:, :, None].expand(B, Hkv, group, S, D).reshape(B, Hkv * group, S, D)
         # the fused kernel (flash / memory-efficient) is exact under any boolean mask
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])  # (B,H,Tq,D)
         B, H, T, D = out.shape
@@ -211,7 +239,8 @@ class Denoiser(nn.Module):
         sizes. (Through `forward`, so that DDP sees the call.)
         """
         if allowed is None:
-            allowed = block_mask(real, is_canvas, self.cfg.causal)  # (B, T, T)
+            allowed = block_mask(real, is_canvas, self.cfg.causal,
+                                 self.cfg.canvas_attention == "causal")  # (B, T, T)
         x = self.hidden(ids, positions, allowed)
         if rows is not None:
             return self.logits(x[rows])  # (N, V)
@@ -269,6 +298,12 @@ class Denoiser(nn.Module):
         if canvas_mask is None:
             canvas_mask = torch.ones_like(canvas_ids, dtype=torch.bool)
         allowed = torch.cat([context_mask.bool(), canvas_mask], dim=1)[:, None, :]  # (B,1,S+C)
+        if self.cfg.canvas_attention == "causal":  # canvas token i sees canvas tokens <= i
+            C = canvas_ids.shape[1]
+            order = torch.arange(C, device=canvas_ids.device)
+            earlier = (order[None, :] <= order[:, None])[None]  # (1, C, C)
+            context = allowed[:, :, : -C].expand(-1, C, -1)  # (B, C, S)
+            allowed = torch.cat([context, allowed[:, :, -C:] & earlier], dim=2)  # (B, C, S+C)
         x = self.embed(canvas_ids)  # (B, C, d)
         cos, sin = self.rotary(canvas_positions, x.dtype)
         for index, block in enumerate(self.blocks):
@@ -276,20 +311,25 @@ class Denoiser(nn.Module):
         return self.logits(x)  # (B, C, V)
 
 
-def block_mask(real: torch.Tensor, is_canvas: torch.Tensor, causal: bool) -> torch.Tensor:
+def block_mask(real: torch.Tensor, is_canvas: torch.Tensor, causal: bool,
+               causal_canvas: bool = False) -> torch.Tensor:
     """Who may attend to whom in one [context; canvas] pass: (B, T, T) bool, query × key.
 
-    Query i may see key j iff j is a real token and either i is canvas, or j is context and
+    Query i may see key j iff j is a real token and either i is canvas (and, with
+    `causal_canvas`, j is context or a canvas token not after i), or j is context and
     (bidirectional, or j is not after i: a causal context is laid out in text order). Each
     token always sees itself, so padding rows are never empty.
     """
     T = real.shape[1]
     eye = torch.eye(T, dtype=torch.bool, device=real.device)[None]
+    not_after = torch.ones(T, T, dtype=torch.bool, device=real.device).tril()[None]
     context_key = ~is_canvas[:, None, :]  # (B, 1, T)
     if causal:
-        context_key = context_key & torch.ones(T, T, dtype=torch.bool,
-                                               device=real.device).tril()[None]
-    return (real[:, None, :] & (is_canvas[:, :, None] | context_key)) | eye
+        context_key = context_key & not_after
+    canvas_query = is_canvas[:, :, None]  # (B, T, 1)
+    if causal_canvas:
+        canvas_query = canvas_query & (context_key | not_after)
+    return (real[:, None, :] & (canvas_query | context_key)) | eye
 
 
 def block_diffusion_mask(real: torch.Tensor, block: torch.Tensor) -> torch.Tensor:

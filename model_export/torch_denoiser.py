@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlm_lsp.layout import Layout, pad_contexts
+from dlm_lsp.layout import Layout, decoder_masks, pad_contexts
 from dlm_lsp.modelcard import SpecialTokens
 
 from .model import Denoiser, DenoiserConfig
@@ -62,9 +62,9 @@ class TorchDenoiser:
     def encode_batch(self, layouts: list[Layout]) -> TorchState:
         """Several contexts in one call, right-padded to the longest (mask 0)."""
         ids, positions, mask = pad_contexts(layouts, self.specials.pad)  # (B, S) each
-        mask_t = self._tensor(mask)
-        keys, values = self.model.encode(self._tensor(ids), self._tensor(positions), mask_t)
-        return TorchState(keys, values, mask_t)
+        keys, values = self.model.encode(self._tensor(ids), self._tensor(positions),
+                                         self._tensor(mask))
+        return TorchState(keys, values, self._tensor(decoder_masks(layouts, ids.shape[1])))
 
     @torch.no_grad()
     def denoise_step(self, state: TorchState, canvas_ids: np.ndarray,

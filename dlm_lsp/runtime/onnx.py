@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..layout import Layout, pad_contexts
+from ..layout import Layout, decoder_masks, pad_contexts
 from ..modelcard import (CANVAS_MASK, DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUTS,
                          ENCODER_OUTPUTS, LOGITS, PAST_INPUTS, GraphFiles, ModelCard, ModelError)
 
@@ -124,7 +124,7 @@ class OnnxDenoiser:
         self._takes_past = set(PAST_INPUTS) <= set(encoder_inputs)
         self._pads_canvas = CANVAS_MASK in {i.name for i in self.decoder.get_inputs()}
         self._kv_dtype = np.float16 if self.graphs.dtype == "float16" else np.float32
-        self._kv_shape = (card.n_layers, card.n_heads, card.head_dim)
+        self._kv_shape = (card.n_layers, card.kv_heads, card.head_dim)
         log.info(
             "model %s %s on %s (%s)", card.name, card.version, self.provider, self.graphs.encoder
         )
@@ -178,7 +178,8 @@ class OnnxDenoiser:
         """Encode several contexts in one call, right-padded to the longest (mask 0)."""
         ids, positions, mask = pad_contexts(layouts, self.card.special_tokens.pad)
         keys, values = self._run_encoder(ids, positions, mask, None, None)
-        return ContextState(keys=keys, values=values, context_mask=mask)
+        return ContextState(keys=keys, values=values,
+                            context_mask=decoder_masks(layouts, ids.shape[1]))
 
     def extend(self, state: ContextState | None, keep: int, layout: Layout) -> ContextState:
         """The state of `layout`'s context (one request) from `state`, a state whose first
@@ -204,7 +205,7 @@ class OnnxDenoiser:
             keys = np.ascontiguousarray(head_keys[:, :, :, :keep])
             values = np.ascontiguousarray(head_values[:, :, :, :keep])
         return ContextState(keys=self._device_value(keys), values=self._device_value(values),
-                            context_mask=np.ones((1, total), np.int64))
+                            context_mask=decoder_masks([layout], total))
 
     def _run_encoder(self, ids, positions, mask, past, past_mask) -> tuple[Any, Any]:
         """One encoder call; `past` (keys, values) with `past_mask` or None (an empty past)."""
