@@ -18,6 +18,7 @@ from dlm_lsp.remote.pytriton_server import LocalTriton, free_port
 from dlm_lsp.remote.triton_repo import RepoSettings, write_repository
 from tests.reliability.synthetic_model import build_synthetic_model
 from tests.test_server_e2e import inline_params, open_doc
+from tests.triton_gate import gate_repository
 
 pytest.importorskip("pytriton", reason="pip install nvidia-pytriton (dlm-lsp[remote])")
 
@@ -25,10 +26,10 @@ URI = "file:///work/remote.py"
 BLOCK = "total = sum(xs)\n    return total"  # what the served model writes
 LOCAL = "pass"  # what the local fallback model writes
 WORK = Path(tempfile.mkdtemp(prefix="dlm-triton-"))
-# a matrix product per step makes a served completion take a few hundred ms (cancellable)
-SERVED = build_synthetic_model(WORK / "served", answer=BLOCK, work=600)
+SERVED = build_synthetic_model(WORK / "served", answer=BLOCK)
 FALLBACK = build_synthetic_model(WORK / "local", answer=LOCAL)
 TRITON = LocalTriton(WORK / "repo", WORK)  # ports are chosen now, the server starts below
+GATE = WORK / "gate"  # while GATE/hold exists the served model holds its decoder steps
 DOWN = f"grpc://127.0.0.1:{free_port()}"  # nobody listens here
 
 
@@ -40,6 +41,7 @@ def dlm_lsp(remote: str) -> list[str]:
 @pytest.fixture(scope="module", autouse=True)
 def triton():
     write_repository(SERVED, WORK / "repo", RepoSettings(kind="cpu", threads=1))
+    gate_repository(WORK / "repo", GATE)
     try:
         with TRITON:
             yield TRITON
@@ -131,8 +133,11 @@ def test_the_shipped_model_through_triton_in_batches_equals_the_local_model(tmp_
                "if __name__ == '__main__':\n    ", "try:\n    import numpy\nexcept "]
     local = Engine()
     expected = [local.complete_text(p, len(p), "python").completion for p in prompts]
+    # one batch, by construction: Triton runs a batch once it is full (max_batch_size), and
+    # waits up to a minute for the eight requests to fill it, however slowly they come
     repo = write_repository(default_model_dir(), tmp_path / "repo",
-                            RepoSettings(kind="cpu", max_queue_delay_us=20_000))
+                            RepoSettings(kind="cpu", max_batch_size=len(prompts),
+                                         max_queue_delay_us=60_000_000))
     with LocalTriton(repo, tmp_path) as served:
         engine = remote_engine(Settings(remote=served.grpc_url))
         with ThreadPoolExecutor(len(prompts)) as pool:
@@ -143,12 +148,17 @@ def test_the_shipped_model_through_triton_in_batches_equals_the_local_model(tmp_
             for name in ("nv_inference_request_success", "nv_inference_exec_count"))
     assert [r.completion for r in results] == expected
     assert {r.backend for r in results} == {"remote"}
-    assert answered == len(prompts) and executions < answered  # some requests were batched
+    assert answered == len(prompts) and executions == 1  # all eight in one batch
 
 
 def test_a_cancelled_or_slow_remote_request_returns_at_once(triton: LocalTriton):
     """Cancellation reaches a waiting request between polls; a timeout is a RemoteError; the
-    server answers the next request either way."""
+    server answers the next request either way.
+
+    Told by order of events, not by the clock: while GATE/hold exists the served model holds
+    its decoder step (tests/triton_gate.py) until its client cancels or the gate opens, so the
+    server cannot answer before the client gives up.
+    """
     import time
 
     from dlm_lsp.layout import build_layout
@@ -161,21 +171,23 @@ def test_a_cancelled_or_slow_remote_request_returns_at_once(triton: LocalTriton)
     layout = build_layout([[5, 6], [7]], [32], specials.file)
     settings = SamplerSettings(max_steps=32)
     remote = TritonDenoiser(triton.grpc_url, timeout_s=30)
-    began = time.perf_counter()
     full = remote.denoise_request(layout, specials, settings, lambda: False)
-    whole = time.perf_counter() - began
-    assert full.steps > 5 and whole > 0.1
-    began = time.perf_counter()
-    with pytest.raises(Cancelled):
-        remote.denoise_request(layout, specials, settings,
-                               lambda: time.perf_counter() - began > 0.02)
-    assert time.perf_counter() - began < 0.02 + whole / 2
-    while "cancelled by their clients" not in triton.tail(100_000):  # the server stops too
-        assert time.perf_counter() - began < 10, triton.tail()
-        time.sleep(0.05)
-    hasty = TritonDenoiser(triton.grpc_url, timeout_s=0.02)
-    with pytest.raises(RemoteError):
-        hasty.denoise_request(layout, specials, settings, lambda: False)
+    assert full.steps > 5  # one committed token per step: there are steps to cancel between
+    hold, held = GATE / "hold", GATE / "held"
+    stopped = triton.tail(10**6).count("cancelled by their clients")
+    hold.touch()
+    try:
+        with pytest.raises(Cancelled):  # cancelled once the server holds a step: it cannot
+            remote.denoise_request(layout, specials, settings, held.exists)  # have answered
+        began = time.monotonic()
+        while triton.tail(10**6).count("cancelled by their clients") == stopped:
+            assert time.monotonic() - began < 60, triton.tail()  # the server stops too
+            time.sleep(0.05)
+        hasty = TritonDenoiser(triton.grpc_url, timeout_s=0.02)
+        with pytest.raises(RemoteError):  # held: no answer can come within any timeout
+            hasty.denoise_request(layout, specials, settings, lambda: False)
+    finally:
+        hold.unlink(missing_ok=True)
     assert remote.denoise_request(layout, specials, settings, lambda: False) == full
 
 

@@ -84,6 +84,8 @@ def _parameters(config: dict[str, Any]) -> dict[str, str]:
 class CompleteModel:
     """`dlm_complete`: a whole completion (encode + denoise loop) per request."""
 
+    cancel_check_s = 0.05  # how often a request asks whether its client cancelled it
+
     def initialize(self, args: dict[str, str]) -> None:
         import triton_python_backend_utils as pb_utils
 
@@ -114,7 +116,8 @@ class CompleteModel:
                 if tensor is not None:
                     named[name] = tensor.as_numpy()
             tensors.append(named)
-        checks = [_throttled(request.is_cancelled) if hasattr(request, "is_cancelled")
+        checks = [_throttled(request.is_cancelled, self.cancel_check_s)
+                  if hasattr(request, "is_cancelled")
                   else (lambda: False) for request in requests]
         try:
             answers = fill_requests(self.denoiser, self.card, tensors, checks,
