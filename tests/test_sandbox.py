@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -92,22 +93,24 @@ def test_audit_hook_alone_refuses_sockets():
 
 
 def test_runaway_loop_is_killed_on_time():
+    # the wall clock's 0.5 s come long before the CPU limit's 60 s, however busy the machine
+    # (CPU time never runs ahead of wall time); only a hang reaches the 10 s bound
     started = time.monotonic()
-    result = run_python("while True:\n    pass", SandboxLimits(timeout_s=1.0, cpu_s=5))
+    result = run_python("while True:\n    pass", SandboxLimits(timeout_s=0.5, cpu_s=60))
     assert result.outcome == "timeout" and result.returncode is None
-    assert time.monotonic() - started < 4.0
+    assert time.monotonic() - started < 10.0
 
 
 def test_cpu_limit_kills_a_spinning_program():
-    result = run_python("while True:\n    pass", SandboxLimits(timeout_s=10.0, cpu_s=1))
-    assert result.outcome == "killed" and result.elapsed_s < 5.0
+    # one CPU-second arrives before the 120 s wall clock unless the program gets < 1 % of a core
+    result = run_python("while True:\n    pass", SandboxLimits(timeout_s=120.0, cpu_s=1))
+    assert result.outcome == "killed", result
 
 
 def test_unbounded_allocation_is_stopped():
     program = "blocks = []\nwhile True:\n    blocks.append(bytearray(50 * 1024 * 1024))"
-    result = run_python(program, SandboxLimits(timeout_s=10.0, memory_mb=300))
-    assert result.outcome == "memory", result
-    assert result.elapsed_s < 5.0
+    result = run_python(program, SandboxLimits(timeout_s=120.0, memory_mb=300))
+    assert result.outcome == "memory", result  # stopped by the limit, not by the clock
 
 
 def _leftovers(marker: str) -> list[psutil.Process]:
@@ -120,12 +123,13 @@ def _leftovers(marker: str) -> list[psutil.Process]:
 
 def test_fork_bomb_is_contained_and_leaves_nothing_behind():
     marker = f"0.{random.randrange(10**8, 10**9)}"
-    # Every process forks forever; children become `sleep` so survivors are easy to find.
+    # 200 fork attempts whose children become `sleep` (survivors are easy to find), each
+    # success counted on stdout; then every process forks forever. Counted, not timed: how
+    # far it got before the timeout does not matter, the count it printed is the truth.
     program = f"""\
-import os, time
+import os
 count = 0
-deadline = time.monotonic() + 1.0
-while time.monotonic() < deadline:
+for _ in range(200):
     try:
         pid = os.fork()
     except OSError:
@@ -133,22 +137,22 @@ while time.monotonic() < deadline:
     if pid == 0:
         os.execv("/bin/sleep", ["sleep", "100", "{marker}"])
     count += 1
-print("FORKED", count, flush=True)
+    print("FORKED", count, flush=True)
 while True:
     try:
         os.fork()
     except OSError:
         pass
 """
-    limits = SandboxLimits(timeout_s=2.5, max_processes=16)
+    limits = SandboxLimits(timeout_s=1.0, max_processes=16)
     started = time.monotonic()
     result = run_python(program, limits)
     assert result.outcome in ("timeout", "killed")
-    assert time.monotonic() - started < 10.0
-    forked = int(result.stdout.split()[1])
+    assert time.monotonic() - started < 30.0  # a hang guard
+    forked = max(map(int, re.findall(r"^FORKED (\d+)$", result.stdout, re.M)), default=0)
     if result.isolation["pids_cgroup"] or os.geteuid() != 0:  # a hard ceiling is in force
         assert forked < limits.max_processes
-    deadline = time.monotonic() + 3.0
+    deadline = time.monotonic() + 30.0  # a hang guard: killed processes go at once
     while _leftovers(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _leftovers(marker)
