@@ -112,9 +112,10 @@ async def test_fill_two_holes_in_one_call(client: LanguageClient):
 
 
 async def test_cancelled_request_gets_request_cancelled_and_next_works(client: LanguageClient):
-    # a debounce keeps the request in flight long enough for the cancel to find it
+    # a ten-minute debounce keeps the request in flight until the cancel finds it: the
+    # request cannot be answered first, however slow the machine
     client.workspace_did_change_configuration(
-        types.DidChangeConfigurationParams(settings={"dlm": {"debounceMs": 3000}}))
+        types.DidChangeConfigurationParams(settings={"dlm": {"debounceMs": 600_000}}))
     open_doc(client, "class Stack:\n    def __init__(self):\n        ")
     future = client.protocol.send_request(
         types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params(2, 8), msg_id=4242)
