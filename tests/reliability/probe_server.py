@@ -4,8 +4,10 @@
 
 It is `dlm_lsp.server.create_server` unchanged, with:
 
-* ``reliability/probe`` → ``{"tasks", "threads", "rss", "documents", "pending"}``: asyncio
-  tasks alive, Python threads, resident memory, open documents, entries in pygls' in-flight
+* ``reliability/probe`` → ``{"tasks", "threads", "executor_threads", "executor_max", "rss",
+  "documents", "pending"}``: asyncio tasks alive, Python threads (and how many of them are
+  asyncio's default executor's, and its bound), resident memory, open documents, entries in
+  pygls' in-flight
   future table (to count leaks from inside the process; with PYTHONTRACEMALLOC=N also where
   Python memory grew since the last probe);
 * ``reliability/document`` ``{"uri"}`` → ``{"version", "text", "sexp"}``: the server's view of a
@@ -86,9 +88,14 @@ def main() -> None:
 
     @server.feature("reliability/probe")
     def probe(ls, params=None):
+        # asyncio's default executor (the workers of asyncio.to_thread) grows on demand up to
+        # its bound; how far depends on how many requests overlapped, i.e. on speed
+        executor = getattr(asyncio.get_running_loop(), "_default_executor", None)
         figures = {
             "tasks": len(asyncio.all_tasks()),
             "threads": threading.active_count(),
+            "executor_threads": len(getattr(executor, "_threads", ())),
+            "executor_max": getattr(executor, "_max_workers", 0),
             "rss": process.memory_info().rss,
             "documents": len(ls.store.uris()),
             # pygls' table of in-flight handler futures: must not grow with finished work
