@@ -117,7 +117,9 @@ def test_data_rate_reports_batches_per_worker_against_the_h200_step(tiny_corpus,
     assert row["infill"]["examples_per_cpu_s"] > 0 and row["blocks"]["examples_per_cpu_s"] > 0
     at = row["h200_at_35%"]
     assert at["step_ms"] > 0 and at["workers_needed"] > 0
-    assert at["workers_outrun_step"] == (at["15_workers_batches_per_s"] > at["steps_per_s"])
+    feed, steps = at["15_workers_batches_per_s"], at["steps_per_s"]
+    if feed != steps:  # rounded alike (the measured rate is this machine's): either answer holds
+        assert at["workers_outrun_step"] == (feed > steps)
 
 
 def test_guard_refuses_what_the_gpu_machine_lacks(tmp_path):
