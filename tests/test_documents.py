@@ -226,7 +226,7 @@ def test_incremental_edits_match_reference(script):
     assert snap.tree.root_node.end_point == fresh.root_node.end_point
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(alphabet="{}();x=1 \n\"'", max_size=60), st.data())
 def test_incremental_parse_matches_fresh_parse_for_rust(text, data):
     store = DocumentStore()

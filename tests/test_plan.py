@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dlm_lsp.languages import syntax_for
@@ -295,7 +295,7 @@ def test_minified_one_line_file_is_planned_within_budget():
 _SOURCE = st.text(alphabet="ab :{}()[]\"'#/\n\r\t😀", max_size=80)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_SOURCE, st.data(), st.sampled_from(["python", "javascript", "rust", "plaintext"]))
 def test_any_cursor_gets_a_plan_that_tiles_the_window(text, data, language):
     offset = data.draw(st.integers(0, len(text)))

@@ -8,7 +8,7 @@ Each row: (filter, language, document, generated, expected text or None, closers
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dlm_lsp.languages import syntax_for
@@ -150,7 +150,7 @@ def test_document_eol():
 _CODE = st.text(alphabet="ab =:{}()[]\"'\n\t ;😀", max_size=60)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_CODE, _CODE, st.data(), st.sampled_from(["python", "go", "typescript", "plaintext"]))
 def test_finish_never_crashes_and_stays_in_the_document(text, generated, data, language):
     offset = data.draw(st.integers(0, len(text)))

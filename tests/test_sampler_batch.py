@@ -4,7 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from dlm_lsp.layout import build_layout
 from dlm_lsp.modelcard import SpecialTokens
@@ -168,7 +168,7 @@ def test_split_canvas_truncates_each_hole_at_its_end_of_span():
     assert split_canvas([], [], eos=2) == []
 
 
-@hsettings(max_examples=25, deadline=None)
+@hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     holes=st.lists(st.lists(st.integers(1, 12), min_size=1, max_size=3), min_size=1, max_size=6),
     thresholds=st.lists(st.sampled_from([0.3, 0.7, 0.9, 0.99]), min_size=6, max_size=6),
