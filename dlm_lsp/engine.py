@@ -144,6 +144,7 @@ class Engine:
             max_steps=card.max_steps if s.max_steps is None else s.max_steps,
             remask_floor=card.remask_floor if s.remask_floor is None else s.remask_floor,
             strategy=card.strategy if s.strategy is None else s.strategy,
+            causal_canvas=self.card.canvas_attention == "causal",
         )
 
     def plan_settings(self, settings: Settings | None = None) -> PlanSettings:

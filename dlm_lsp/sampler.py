@@ -63,6 +63,10 @@ class SamplerSettings:
     remask_floor: float = 0.0  # re-mask committed tokens whose probability fell below (0 = off)
     strategy: str = "parallel"  # or "left_to_right": one commit per step, leftmost first
     min_tokens: int = 1  # a canvas's first positions may not end the span (min_new_tokens)
+    # the model's canvas attention is causal (the card's canvas_attention): a canvas position
+    # depends only on the ones before it, so left to right sends only the canvas up to the
+    # first masked position — a short completion costs short decoder calls
+    causal_canvas: bool = False
 
 
 @dataclass
@@ -138,6 +142,24 @@ def _heal(pred_ids: np.ndarray, pred_prob: np.ndarray, logits: np.ndarray,
         probs = np.exp(scores - scores[best])
         pred_ids[position] = allowed[best]
         pred_prob[position] = 1.0 / probs.sum()
+
+
+def _widen(total: int, eos: int, pred_ids: np.ndarray, pred_prob: np.ndarray,
+           canvas_prob: np.ndarray, logits: np.ndarray | None) -> tuple:
+    """One step's outputs over a window of the canvas, padded to the whole canvas (T,):
+    end-of-span predicted, with no confidence, beyond the window."""
+    n = len(pred_ids)
+    wide_ids = np.full(total, eos, np.int64)
+    wide_ids[:n] = pred_ids
+    wide_prob = np.zeros(total, np.float32)
+    wide_prob[:n] = pred_prob
+    wide_canvas = np.ones(total, np.float32)
+    wide_canvas[:n] = canvas_prob
+    if logits is not None:
+        wide_logits = np.zeros((total, logits.shape[-1]), logits.dtype)
+        wide_logits[:n] = logits
+        logits = wide_logits
+    return wide_ids, wide_prob, wide_canvas, logits
 
 
 def _probability_of(logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
@@ -223,14 +245,23 @@ class _Request:
                 or any(masked[start] for start in self.heals) or self.remask_logits)
 
     def inputs(self) -> tuple[np.ndarray, np.ndarray]:
-        """The decoder's input ids and positions (T,): the canvas, shifted for a shifted
-        model."""
-        return self.layout.decoder_inputs(self.canvas, self.positions)
+        """The decoder's input ids and positions (N ≤ T,): the canvas, shifted for a shifted
+        model; with a causal canvas left to right, only up to the first masked position."""
+        ids, positions = self.layout.decoder_inputs(self.canvas, self.positions)
+        settings = self.settings
+        if settings.causal_canvas and settings.strategy == "left_to_right":
+            masked = np.flatnonzero(self.canvas == self.mask_id)
+            if masked.size:
+                ids, positions = ids[: masked[0] + 1], positions[: masked[0] + 1]
+        return ids, positions
 
     def advance(self, pred_ids: np.ndarray, pred_prob: np.ndarray, canvas_prob: np.ndarray,
                 logits: np.ndarray | None, specials: SpecialTokens, banned: list[int]) -> None:
         """Commit one step's predictions, each (T,); `logits` (T, V) when guarded."""
         canvas, settings = self.canvas, self.settings
+        if len(pred_ids) < len(canvas):  # a causal canvas's window: nothing predicted beyond
+            pred_ids, pred_prob, canvas_prob, logits = _widen(
+                len(canvas), specials.end_of_span, pred_ids, pred_prob, canvas_prob, logits)
         pred_ids, pred_prob = pred_ids.copy(), pred_prob.copy()
         if logits is not None:
             _heal(pred_ids, pred_prob, logits, canvas == specials.mask, self.heals)
@@ -272,13 +303,14 @@ def _step_batch(denoiser: Any, state: object, batch: list[_Request], rows: list[
     The call keeps the encoder's B rows (its state is per row) but only as many canvas
     columns as the longest open canvas.
     """
-    width = max(len(batch[row].canvas) for row in rows)
+    inputs = {row: batch[row].inputs() for row in rows}
+    width = max(len(ids) for ids, _ in inputs.values())
     canvas_ids = np.full((len(batch), width), pad, dtype=np.int64)  # (B, C)
     canvas_positions = np.zeros((len(batch), width), dtype=np.int64)  # (B, C)
     canvas_mask = np.zeros((len(batch), width), dtype=bool)  # (B, C)
-    for row in rows:
-        n = len(batch[row].canvas)
-        canvas_ids[row, :n], canvas_positions[row, :n] = batch[row].inputs()
+    for row, (ids, positions) in inputs.items():
+        n = len(ids)
+        canvas_ids[row, :n], canvas_positions[row, :n] = ids, positions
         canvas_mask[row, :n] = True
     guards = [batch[row].guarded() for row in rows]
     outputs = denoiser.denoise_step_batch(state, canvas_ids, canvas_positions, canvas_mask,
@@ -286,7 +318,7 @@ def _step_batch(denoiser: Any, state: object, batch: list[_Request], rows: list[
     pred_ids, pred_prob, canvas_prob = outputs[:3]  # (B, C) each
     steps = []
     for row, guard in zip(rows, guards):
-        n = len(batch[row].canvas)
+        n = len(inputs[row][0])
         steps.append((np.asarray(pred_ids[row, :n], np.int64),
                       np.asarray(pred_prob[row, :n], np.float32),
                       np.asarray(canvas_prob[row, :n], np.float32),

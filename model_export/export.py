@@ -462,7 +462,18 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--em-examples", type=int, default=64)
     p.add_argument("--threads", type=int, default=2, help="CPU threads for timings")
     p.add_argument("--repeats", type=int, default=30, help="timed runs per graph")
-    p.add_argument("--cpu-variant", choices=["auto", "fp32", "int8"], default="auto")
+    p.add_argument("--cpu-variant", choices=["auto", "fp32", "int8", "q4"], default="auto",
+                   help="q4: ggml's blocks (Q4_1 matrices, a Q8_0 embedding/head, "
+                   "model_export.quantize): an imported GGUF model's own numbers")
+    p.add_argument("--accuracy-level", type=int, default=4, choices=[0, 1, 2, 3, 4],
+                   help="q4: MatMulNBits' compute precision (4: int8 activations, as "
+                   "llama.cpp's Q4_1 × Q8_1 dot products; 0: float32, exact and slower)")
+    p.add_argument("--strategy", choices=["parallel", "left_to_right"], default=None,
+                   help="the card's sampler strategy (default: left_to_right for a model with "
+                   "a causal canvas, else parallel)")
+    p.add_argument("--max-steps", type=int, default=0,
+                   help="the card's max_steps (default: measured on validation, or the "
+                   "largest canvas bucket for left_to_right)")
     p.add_argument("--no-fp16", action="store_true", help="skip the CUDA fp16 variant")
     p.add_argument("--weights-dtype", choices=["auto", "float16", "float32"], default="auto",
                    help="precision the weights are stored in, once for every graph (auto: "
@@ -538,7 +549,10 @@ def export_model_dir(args) -> dict:
     report["parity_fp32"] = parity(model, specials, enc32, dec32)
     print("parity fp32:", report["parity_fp32"])
     trained = trained_settings(state, args.max_context)
-    examples = _validation_examples(Path(args.corpus), tokenizer, specials, args.em_examples,
+    # the sampler grid and exact-match run canvases in the training layout, which a causal
+    # canvas (an imported AR model) does not read: its settings come from `dlm-lsp eval`
+    em_examples = 0 if model.cfg.canvas_attention == "causal" else args.em_examples
+    examples = _validation_examples(Path(args.corpus), tokenizer, specials, em_examples,
                                     trained)
     sampler = measure_sampler(model, examples, specials) if examples else None
     threshold = sampler["recommended"]["threshold"] if sampler else 0.9
@@ -556,6 +570,21 @@ def export_model_dir(args) -> dict:
         variants["int8"] = (enc8, dec8)
         report["parity_int8_vs_torch"] = parity(model, specials, enc8, dec8)
         print("int8 vs torch:", report["parity_int8_vs_torch"])
+    if args.cpu_variant == "q4":
+        from .quantize import quantize_graph
+
+        enc4, dec4 = work / "encoder.q4.onnx", work / "decoder.q4.onnx"
+        report["quantize_q4"] = {}
+        for src, dst in ((enc32, enc4), (dec32, dec4)):
+            graph = onnx_load(src)
+            report["quantize_q4"][dst.stem] = quantize_graph(
+                graph, model.cfg.d_model, model.cfg.vocab_size, args.accuracy_level)
+            onnx_save(graph, dst)
+        print("q4:", report["quantize_q4"])
+        variants["q4"] = (enc4, dec4)
+        report["parity_q4_vs_torch"] = parity(model, specials, enc4, dec4,
+                                              shapes=((1, 5, 16), (2, 37, 32), (1, 300, 16)))
+        print("q4 vs torch:", report["parity_q4_vs_torch"])
     timings = compare_timings({k: (e, d, np.float32) for k, (e, d) in variants.items()},
                               args.threads, repeats=args.repeats)
     print("CPU timings:", json.dumps(timings))
@@ -575,8 +604,8 @@ def export_model_dir(args) -> dict:
                                   for k, v in em.items()}
     report["cpu_variant"] = cpu
     graphs = {}
-    keep = {variants[cpu][0]: "encoder.onnx" if cpu == "fp32" else "encoder.int8.onnx",
-            variants[cpu][1]: "decoder.onnx" if cpu == "fp32" else "decoder.int8.onnx"}
+    keep = {variants[cpu][0]: "encoder.onnx" if cpu == "fp32" else f"encoder.{cpu}.onnx",
+            variants[cpu][1]: "decoder.onnx" if cpu == "fp32" else f"decoder.{cpu}.onnx"}
     graphs["cpu"] = GraphFiles(encoder=keep[variants[cpu][0]], decoder=keep[variants[cpu][1]],
                                dtype="float32")
     if not args.no_fp16:
@@ -603,10 +632,19 @@ def export_model_dir(args) -> dict:
         shutil.move(str(src), out / name)
     shutil.move(str(work / WEIGHTS_FILE), out / WEIGHTS_FILE)
     shutil.rmtree(work)
-    tokenizer.save(str(out / "tokenizer.json"))
+    save_compact(tokenizer, out / "tokenizer.json")
 
     cfg = model.cfg
     recommended = sampler["recommended"] if sampler else {"threshold": 0.9, "max_steps": 32}
+    strategy = args.strategy or ("left_to_right" if cfg.canvas_attention == "causal"
+                                 else "parallel")
+    if args.max_steps:
+        recommended = {**recommended, "max_steps": args.max_steps}
+    elif strategy == "left_to_right" and not sampler:
+        recommended = {**recommended, "max_steps": max(trained.buckets)}
+    base = state.get("base")
+    if base:
+        _write_base_licence(out, base)
     train_args = state.get("args", {})
     card = ModelCard(
         name=args.name, version=args.version, vocab_size=cfg.vocab_size,
@@ -615,9 +653,14 @@ def export_model_dir(args) -> dict:
         max_context=trained.max_context,
         max_position=cfg.max_position,
         sampler=SamplerDefaults(threshold=recommended["threshold"],
-                                max_steps=recommended["max_steps"], remask_floor=0.0),
+                                max_steps=recommended["max_steps"], remask_floor=0.0,
+                                strategy=strategy),
         graphs=graphs,
         context_attention=cfg.context_attention,
+        n_kv_heads=cfg.n_kv_heads,
+        canvas_attention=cfg.canvas_attention,
+        shift=cfg.shift,
+        reads_suffix=bool(state.get("reads_suffix", True)),
         weights=WEIGHTS_FILE,
         extra={
             "architecture": {"type": f"transformer denoiser (MDLM/LLaDA-style), "
@@ -636,6 +679,7 @@ def export_model_dir(args) -> dict:
                 "note": args.note,
                 "final": _final_log(Path(args.checkpoint).parent),
             },
+            **({"base_model": base} if base else {}),
             "corpus": corpus_stats(Path(args.corpus)),
             "tokenizer_stats": _tokenizer_stats(Path(args.tokenizer)),
             "export": report,
@@ -646,6 +690,49 @@ def export_model_dir(args) -> dict:
     sizes = {p.name: p.stat().st_size for p in out.iterdir() if p.is_file()}
     print("wrote", out, json.dumps(sizes))
     return report
+
+
+def save_compact(tokenizer, path: Path) -> None:
+    """tokenizer.json without indentation, merges as "a b" strings (both forms load): a
+    50 k-token vocabulary in 1.4 MB instead of 3.5."""
+    raw = json.loads(tokenizer.to_str(pretty=False))
+    merges = raw.get("model", {}).get("merges")
+    if merges and isinstance(merges[0], list):
+        raw["model"]["merges"] = [" ".join(pair) for pair in merges]
+    path.write_text(json.dumps(raw, ensure_ascii=False, separators=(",", ":")),
+                    encoding="utf-8")
+
+
+def onnx_load(path: Path):
+    import onnx
+
+    return onnx.load(str(path))
+
+
+def onnx_save(model, path: Path) -> None:
+    import onnx
+
+    onnx.save(model, str(path))
+
+
+LICENSES = Path(__file__).resolve().parent / "licenses"
+
+
+def _write_base_licence(out: Path, base: dict) -> None:
+    """LICENSE (the base model's licence text) and NOTICE (what the weights are, from whom)
+    in the model directory, as the base model's licence asks of a redistribution."""
+    licence = str(base.get("license", "")).lower()
+    text = LICENSES / f"{licence}.txt"
+    if not text.is_file():
+        raise SystemExit(f"no licence text for the base model's licence {licence!r} in "
+                         f"{LICENSES}: add it before shipping its weights")
+    shutil.copy(text, out / "LICENSE")
+    (out / "NOTICE").write_text(
+        f"This model directory holds the weights of {base.get('organization', '')} "
+        f"{base.get('basename', '')} {base.get('size_label', '')} "
+        f"({base.get('name', '')}), licensed under {base.get('license', '')} (LICENSE),\n"
+        f"imported from {base.get('file', '')} (sha256 {base.get('sha256', '')}), converted "
+        f"to ONNX by dlm-lsp's model_export; block quantization kept as in that file.\n")
 
 
 def _final_log(run_dir: Path) -> dict:

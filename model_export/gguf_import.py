@@ -207,6 +207,7 @@ def import_gguf(path: Path) -> tuple[Denoiser, dict, dict]:
         "model": model.state_dict(), "config": cfg.to_dict(), "step": 0, "tokens_seen": 0,
         "train_seconds": 0.0, "hardware": "none (imported)", "args": {},
         "specials": specials,
+        "reads_suffix": False,  # an AR model never saw text after the hole
         "base": {**meta, "file": path.name, "sha256": sha256(path),
                  "quantization": quant, "params": model.num_params(),
                  "special_tokens": {f"{name} (id {by_name[name]})": f"was {base}"

@@ -393,6 +393,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--canvas", type=_choice_list(CANVAS_POLICIES), default=["auto"],
                         help="canvas length policy: auto (planner) and/or oracle (true length)")
     parser.add_argument("--no-tests", action="store_true", help="skip pass@1 (no sandbox runs)")
+    parser.add_argument("--no-heal", action="store_true",
+                        help="turn token healing off (measure what it is worth)")
     parser.add_argument("--timeout", type=float, default=10.0, help="sandbox seconds per test")
     parser.add_argument("--memory-mb", type=int, default=1024, help="sandbox address space")
     parser.add_argument("--out", type=Path, default=None,
@@ -433,7 +435,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         engine = Engine(getattr(args, "model", None),
-                        Settings(device=getattr(args, "device", None) or "auto"))
+                        Settings(device=getattr(args, "device", None) or "auto",
+                                 token_healing=not getattr(args, "no_heal", False)))
     except ModelError as exc:
         print(f"dlm-lsp eval: {exc}", file=sys.stderr)
         return 2

