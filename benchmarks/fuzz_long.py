@@ -1,6 +1,13 @@
-"""The protocol fuzzer of tests/reliability/test_fuzz_wire.py, run for longer.
+"""The protocol fuzzer of tests/reliability/test_fuzz_wire.py, run for longer; with --cache, the
+context cache's differential fuzz of tests/reliability/test_cache_fuzz.py.
 
     python benchmarks/fuzz_long.py [--examples 2000] [--minutes 10] [--seed 0]
+    python benchmarks/fuzz_long.py --cache [--edits 20000] [--seed 1] [--model format2|shifted]
+
+--cache: one seeded editing session sent to two servers, `contextCache` on and off, with a tiny
+causal model; prints the edits, requests, differences (answers, status figures or a cached
+state that a fresh encoding contradicts) and seconds, and saves the session up to the first
+difference as reproducer.jsonl (`cache_fuzz.replay` sends it again).
 
 Each example is a hostile LSP session (out-of-range positions, wrong versions, lone surrogates,
 binary text, unknown languages/URIs/methods, closed documents, garbage frames, cancels) sent to
@@ -30,12 +37,47 @@ from reliability.synthetic_model import build_synthetic_model  # noqa: E402
 from reliability.wire import WireServer, server_argv  # noqa: E402
 
 
+def cache_fuzz(args) -> int:
+    """The context cache's differential fuzz for `args.edits` edits (see the docstring)."""
+    import json
+    from contextlib import ExitStack
+
+    from causal_model import build_exported_model
+    from reliability.cache_fuzz import MODELS, CacheFuzz, save_log, server_pair
+
+    out = Path(args.out or tempfile.mkdtemp(prefix="dlm-cache-fuzz-"))
+    out.mkdir(parents=True, exist_ok=True)
+    model = build_exported_model(out / args.model, **MODELS[args.model])
+    with ExitStack() as stack:
+        fuzz = CacheFuzz(*server_pair(stack, model, out), args.seed)
+        result = fuzz.run(args.edits, max_differences=args.max_differences)
+    print(f"cache fuzz ({args.model}, seed {args.seed}): {json.dumps(result.figures())}",
+          flush=True)
+    if result.differences:
+        saved = save_log(fuzz.log[: result.differences[0]["messages"]],
+                         out / "reproducer.jsonl")
+        print(f"first difference (session up to it: {saved}):\n"
+              + json.dumps(result.differences[0], ensure_ascii=False, indent=1)[:6000])
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=2000)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", action="store_true",
+                        help="the context cache's differential fuzz instead")
+    parser.add_argument("--edits", type=int, default=20_000, help="--cache: document edits")
+    parser.add_argument("--model", choices=("format2", "shifted"), default="format2",
+                        help="--cache: which tiny causal model")
+    parser.add_argument("--max-differences", type=int, default=20,
+                        help="--cache: stop after this many")
+    parser.add_argument("--out", default=None, help="--cache: where the model and logs go")
     args = parser.parse_args(argv)
+    if args.cache:
+        return cache_fuzz(args)
     temp = tempfile.TemporaryDirectory(prefix="dlm-fuzz-")
     model = build_synthetic_model(Path(temp.name) / "synthetic")
     server = WireServer(server_argv("--model", str(model), log_level="warning"),

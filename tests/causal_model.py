@@ -13,10 +13,34 @@ from pathlib import Path
 
 import numpy as np
 
+# what this process exported already: the build's arguments → its directory (an export costs
+# ~15 s of torch.onnx; the same arguments always give the same files, so later calls copy them)
+_BUILT: dict[tuple, Path] = {}
+
 
 def build_exported_model(directory: str | Path, *, context_attention: str = "causal",
-                         seed: int = 0, max_context: int = 512) -> Path:
-    """Write the model directory (replacing `directory`) and return its path."""
+                         seed: int = 0, max_context: int = 512, sharpness: float = 1.0,
+                         shift: bool = False, canvas_attention: str = "bidirectional",
+                         n_kv_heads: int = 0, reads_suffix: bool = True) -> Path:
+    """Write the model directory (replacing `directory`) and return its path.
+
+    `shift`, `canvas_attention`, `n_kv_heads` and `reads_suffix` make it shaped like an
+    imported autoregressive model (shifted predictions, a causal canvas, grouped-query
+    attention, no suffix), as `model_export gguf` writes.
+
+    `sharpness` scales every weight: at 1 (an untrained model's initialisation) predictions are
+    nearly uniform and hardly depend on the context; larger, attention and predictions turn
+    peaked, so what the model writes follows the context's tokens (what a differential test
+    of the context cache needs)."""
+    directory = Path(directory)
+    key = (context_attention, seed, max_context, sharpness, shift, canvas_attention, n_kv_heads,
+           reads_suffix)
+    built = _BUILT.get(key)
+    if built is not None and built != directory and (built / "model.json").is_file():
+        if directory.exists():
+            shutil.rmtree(directory)
+        shutil.copytree(built, directory)
+        return directory
     import torch
 
     from dlm_lsp.modelcard import GraphFiles, ModelCard, SamplerDefaults, SpecialTokens
@@ -24,7 +48,6 @@ def build_exported_model(directory: str | Path, *, context_attention: str = "cau
     from model_export.model import Denoiser, DenoiserConfig
     from tests.reliability.synthetic_model import SPECIAL_TOKENS, _tokenizer
 
-    directory = Path(directory)
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
@@ -34,8 +57,13 @@ def build_exported_model(directory: str | Path, *, context_attention: str = "cau
     torch.manual_seed(seed)
     cfg = DenoiserConfig(vocab_size=tokenizer.get_vocab_size(), n_layers=2, n_heads=2,
                          head_dim=16, mlp_hidden=64, max_position=1024,
-                         context_attention=context_attention)
+                         context_attention=context_attention, shift=shift,
+                         canvas_attention=canvas_attention, n_kv_heads=n_kv_heads)
     model = Denoiser(cfg).eval()
+    if sharpness != 1.0:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.mul_(sharpness)
     encoder, decoder = export_graphs(model, specials, directory)
     share_weights([encoder, decoder], directory / WEIGHTS_FILE, np.float16)
     card = ModelCard(
@@ -45,8 +73,11 @@ def build_exported_model(directory: str | Path, *, context_attention: str = "cau
         max_position=cfg.max_position, sampler=SamplerDefaults(threshold=0.9, max_steps=4),
         graphs={"cpu": GraphFiles(encoder=encoder.name, decoder=decoder.name)},
         context_attention=context_attention, weights=WEIGHTS_FILE,
+        canvas_attention=canvas_attention, shift=shift, reads_suffix=reads_suffix,
+        n_kv_heads=n_kv_heads,
     )
     import json
 
     (directory / "model.json").write_text(json.dumps(card.to_json(), indent=2) + "\n")
+    _BUILT[key] = directory
     return directory

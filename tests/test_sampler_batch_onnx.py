@@ -45,7 +45,7 @@ def test_shipped_model_batch_equals_one_by_one():
 
 def test_format2_model_batch_equals_one_by_one(tmp_path):
     pytest.importorskip("torch")
-    from causal_model import build_exported_model
+    from tests.causal_model import build_exported_model
 
     directory = build_exported_model(tmp_path / "causal")
     card = load_card(directory)

@@ -58,6 +58,8 @@ class Edit:
     rng: tuple[tuple[int, int], tuple[int, int]] | None  # the DocumentStore form
     text: str  # what the replaced range becomes
     expected: str  # the whole document after the edit
+    start: int = 0  # the replaced range, as str offsets in the text before the edit
+    end: int = 0
 
 
 def random_insert_text(rnd: random.Random) -> str:
@@ -69,7 +71,7 @@ def random_edit(rnd: random.Random, text: str, *, max_len: int = 4000) -> Edit:
     kind = rnd.random()
     if kind < 0.005:
         new = random_insert_text(rnd) * rnd.randint(1, 20)
-        return Edit({"text": new}, None, new, new)
+        return Edit({"text": new}, None, new, new, 0, len(text))
     start = valid_offset(text, rnd.randint(0, len(text)))
     shrink = len(text) > max_len
     if kind < 0.45 and not shrink:  # insertion
@@ -93,7 +95,7 @@ def random_edit(rnd: random.Random, text: str, *, max_len: int = 4000) -> Edit:
     rng = ((sl, sc), (el, ec))
     wire = {"range": {"start": {"line": sl, "character": sc},
                       "end": {"line": el, "character": ec}}, "text": new}
-    return Edit(wire, rng, new, expected)
+    return Edit(wire, rng, new, expected, start, end)
 
 
 def _at_line_end(text: str, offset: int) -> bool:

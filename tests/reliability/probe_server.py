@@ -10,6 +10,9 @@ It is `dlm_lsp.server.create_server` unchanged, with:
   pygls' in-flight
   future table (to count leaks from inside the process; with PYTHONTRACEMALLOC=N also where
   Python memory grew since the last probe);
+* ``reliability/contextCheck`` ``{"uri"}`` → ``{"cached", "tokens", "maxDiff", "scale"}``: the
+  document's cached context state (context_cache.py) against a fresh encoding of its tokens,
+  the largest difference of their keys/values (~0 unless the state is stale);
 * ``reliability/document`` ``{"uri"}`` → ``{"version", "text", "sexp"}``: the server's view of a
   buffer, its tree as an S-expression (None when it keeps no tree), to check for drift;
 * ``--fault-marker TEXT``: a completion whose document contains TEXT raises from the denoiser on
@@ -28,9 +31,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from dlm_lsp.engine import Engine  # noqa: E402
+from dlm_lsp.layout import Layout  # noqa: E402
 from dlm_lsp.server import create_server  # noqa: E402
 from dlm_lsp.settings import Settings  # noqa: E402
 
@@ -110,6 +115,29 @@ def main() -> None:
                 figures["growth"] = [[str(g)] + g.traceback.format()[-16:] for g in growth]
             snapshots[:] = [snapshot]
         return figures
+
+    @server.feature("reliability/contextCheck")
+    def context_check(ls, params):
+        """The document's cached context against a fresh encoding of the same tokens at the
+        same positions: the largest difference of their keys/values (a stale state shows)."""
+        uri = params.uri if hasattr(params, "uri") else params["uri"]
+        cache = engine.contexts
+        with cache._lock:  # a peek: the least-recently-used order stays as it was
+            entry = cache._entries.get(uri)
+        if entry is None:
+            return {"cached": False}
+        layout = Layout([int(i) for i in entry.ids], [int(p) for p in entry.positions], [])
+        with engine._model_lock:
+            fresh = engine.denoiser.encode(layout)
+        diff = 0.0
+        for name in ("keys", "values"):
+            now, kept = np.asarray(getattr(fresh, name)), np.asarray(getattr(entry.state, name))
+            if now.shape != kept.shape:
+                return {"cached": True, "tokens": len(entry.ids), "maxDiff": float("inf"),
+                        "shapes": [list(now.shape), list(kept.shape)]}
+            diff = max(diff, float(np.abs(now - kept).max(initial=0.0)))
+        scale = float(np.abs(np.asarray(fresh.keys)).max(initial=0.0))
+        return {"cached": True, "tokens": len(entry.ids), "maxDiff": diff, "scale": scale}
 
     @server.feature("reliability/document")
     def document(ls, params):
