@@ -25,7 +25,7 @@ from .languages import Syntax, syntax_for
 from .layout import build_layout
 from .modelcard import ModelCard, ModelError, default_model_dir, load_card
 from .plan import InfillPlan, PlanError, PlanSettings, plan_completion, plan_holes
-from .postprocess import Completion, finish
+from .postprocess import Completion, finish, scope_closed
 from .sampler import Cancelled, DenoiserRuntime, SamplerSettings, denoise
 from .settings import Settings
 
@@ -362,6 +362,16 @@ class Engine:
             segments[index], heals[index] = self.healer.heal(segments[index])
         return heals
 
+    def _scope_check(self, plan: InfillPlan, text: str, syntax: Syntax | None,
+                     heals: list[Heal | None]):
+        """The sampler's `closed`: a hole whose decoded head already closes its scope."""
+        def closed(index: int, ids: list[int]) -> bool:
+            generated = unheal(self.tokenizer.decode(ids, skip_special_tokens=True),
+                               heals[index])
+            return generated is not None and scope_closed(plan, index, generated, text=text,
+                                                          syntax=syntax)
+        return closed
+
     def _document_denoiser(self, key: str | None, settings: Settings) -> DocumentDenoiser:
         """The denoiser for one request: with a key (a uri) and the cache on, it starts
         from the document's cached context."""
@@ -390,7 +400,8 @@ class Engine:
             with self._model_lock:
                 result = denoise(
                     denoiser, layout, self.card.special_tokens, self.sampler_settings(settings),
-                    cancelled, heals=[h.allowed if h else None for h in heals],
+                    cancelled, heals=heals,
+                    closed=self._scope_check(plan, text, syntax, heals),
                 )
         raw = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in result.canvases]
         at_holes = [unheal(generated, heal) for generated, heal in zip(raw, heals)]

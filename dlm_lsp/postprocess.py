@@ -227,6 +227,35 @@ FILTERS: tuple[Filter, ...] = (
 )
 
 
+# the filters that decide where the plan's scope ends (the rest only tidy what is kept)
+SCOPE_FILTERS: tuple[Filter, ...] = (normalize_newlines, drop_leading_blank_lines,
+                                     keep_first_line, cut_at_block_exit, cap_lines)
+
+
+def scope_closed(plan: InfillPlan, index: int, generated: str, *, text: str,
+                 syntax: Syntax | None) -> bool:
+    """Whether more text after `generated` could no longer change what `finish` keeps: the
+    scope filters already cut it before a line that has begun (a single line has ended, a
+    line left the block, the line cap was passed). Decoding can stop there."""
+    if "\n" not in generated:
+        return False
+    ctx = Context.of(plan, index, text, syntax)
+    draft: Draft | None = Draft(generated, ctx.hole.end)
+    draft = normalize_newlines(draft, ctx)
+    draft = drop_leading_blank_lines(draft, ctx) if draft is not None else None
+    if draft is None:  # only blank lines so far
+        return False
+    if ctx.hole.stop.single_line:
+        return "\n" in draft.text.lstrip("\n") or "\n" in draft.text[1:]
+    lines = split_lines(draft.text)
+    kept: Draft | None = draft
+    for step in SCOPE_FILTERS[2:]:
+        kept = step(kept, ctx) if kept is not None else None
+    count = 0 if kept is None else len(split_lines(kept.text))
+    # the first line cut off has text (its indent is final), or a later line has begun
+    return count < len(lines) - 1 or (count < len(lines) and bool(lines[count].strip()))
+
+
 def finish(
     plan: InfillPlan, index: int, generated: str, *, text: str, syntax: Syntax | None
 ) -> Completion | None:

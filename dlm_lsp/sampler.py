@@ -29,6 +29,19 @@ class Cancelled(Exception):
     """The request was cancelled or superseded between two denoise steps."""
 
 
+class HoleStart(Protocol):
+    """What a hole's canvas must begin with (token healing, `dlm_lsp.heal.Heal`)."""
+
+    def allowed_after(self, committed: list[int]) -> np.ndarray | None:
+        """The ids the position after the hole's first tokens `committed` may take; None:
+        no constraint any more."""
+
+
+# A hole whose scope is closed (the rest of a line, a block) needs no more tokens: given the
+# hole's index and its committed tokens so far, says whether it is over.
+ScopeClosed = Callable[[int, list[int]], bool]
+
+
 class DenoiserRuntime(Protocol):
     """What the sampler needs from a model runtime (ONNX Runtime, or PyTorch for training's
     exact-match and parity tests)."""
@@ -131,10 +144,10 @@ def _no_early_end(
 
 
 def _heal(pred_ids: np.ndarray, pred_prob: np.ndarray, logits: np.ndarray,
-          masked: np.ndarray, heals: dict[int, np.ndarray]) -> None:
-    """At each still-masked healed position, the best of its allowed ids, its probability
-    renormalised over them (the constraint is certain: the text is already typed)."""
-    for position, allowed in heals.items():
+          masked: np.ndarray, constraints: dict[int, np.ndarray]) -> None:
+    """At each still-masked constrained position, the best of its allowed ids, its
+    probability renormalised over them (the constraint is certain: the text is typed)."""
+    for position, allowed in constraints.items():
         if not masked[position] or allowed.size == 0:
             continue
         scores = logits[position, allowed].astype(np.float64)
@@ -204,7 +217,8 @@ class _Request:
 
     def __init__(self, layout: Layout, specials: SpecialTokens, settings: SamplerSettings,
                  cancelled: Callable[[], bool], can_ban: bool,
-                 heals: Sequence[np.ndarray | None] | None = None) -> None:
+                 heals: Sequence[HoleStart | None] | None = None,
+                 closed: ScopeClosed | None = None) -> None:
         self.layout = layout
         self.lengths = np.array(layout.canvas_lengths, dtype=np.int64)
         self.starts = _starts(self.lengths)
@@ -215,12 +229,13 @@ class _Request:
         index_in_canvas = np.arange(total) - np.repeat(self.starts, self.lengths)
         self.head = index_in_canvas < settings.min_tokens  # positions that may not end the span
         self.can_ban = can_ban and bool(self.head.any())
-        # token healing: the ids a hole's first position may take (it must re-produce the
-        # text the context was backed off by); applied where the runtime returns logits
-        self.heals = {int(start): np.asarray(ids, np.int64)
-                      for start, ids in zip(self.starts, heals or ()) if ids is not None}
-        if not can_ban:
-            self.heals = {}
+        # token healing: a hole's first positions must re-produce the text the context was
+        # backed off by; applied at the hole's frontier where the runtime returns logits
+        self.heals = {index: heal for index, heal in enumerate(heals or ())
+                      if heal is not None and can_ban}
+        self.constraints: dict[int, np.ndarray] = {}  # this step's: position → allowed ids
+        self.closed = closed
+        self.checked = np.zeros(len(self.lengths), np.int64)  # committed heads already judged
         # a shifted decoder's canvas_prob is of the input (the token before): recompute it
         # from the logits, which remasking then needs
         self.remask_logits = can_ban and layout.shifted and settings.remask_floor > 0
@@ -237,12 +252,41 @@ class _Request:
     def open(self) -> bool:
         return bool((self.canvas == self.mask_id).any())
 
+    def _committed_head(self, hole: int) -> tuple[int, np.ndarray]:
+        """(the first masked index in hole `hole`, or its length; its tokens before that)."""
+        start, length = int(self.starts[hole]), int(self.lengths[hole])
+        row = self.canvas[start : start + length]
+        masked = np.flatnonzero(row == self.mask_id)
+        frontier = int(masked[0]) if masked.size else length
+        return frontier, row[:frontier]
+
     def guarded(self) -> bool:
         """Whether this step needs logits: a head position is still masked (`min_tokens`),
-        a healed position is still masked, or a shifted canvas may be re-masked."""
+        a healed hole's frontier is constrained, or a shifted canvas may be re-masked. Sets
+        this step's healing constraints."""
         masked = self.canvas == self.mask_id
+        self.constraints = {}
+        for hole, heal in self.heals.items():
+            frontier, committed = self._committed_head(hole)
+            if frontier < self.lengths[hole]:
+                allowed = heal.allowed_after(committed.tolist())
+                if allowed is not None and allowed.size:
+                    self.constraints[int(self.starts[hole]) + frontier] = allowed
         return (self.can_ban and bool((self.head & masked).any())
-                or any(masked[start] for start in self.heals) or self.remask_logits)
+                or bool(self.constraints) or self.remask_logits)
+
+    def close_finished_scopes(self, eos: int) -> None:
+        """End every hole whose committed head already closes its scope (`closed`)."""
+        if self.closed is None:
+            return
+        for hole in range(len(self.lengths)):
+            frontier, committed = self._committed_head(hole)
+            if frontier == self.lengths[hole] or frontier <= self.checked[hole]:
+                continue
+            self.checked[hole] = frontier
+            if eos not in committed and self.closed(hole, committed.tolist()):
+                start = int(self.starts[hole])
+                self.canvas[start + frontier : start + int(self.lengths[hole])] = eos
 
     def inputs(self) -> tuple[np.ndarray, np.ndarray]:
         """The decoder's input ids and positions (N ≤ T,): the canvas, shifted for a shifted
@@ -264,9 +308,10 @@ class _Request:
                 len(canvas), specials.end_of_span, pred_ids, pred_prob, canvas_prob, logits)
         pred_ids, pred_prob = pred_ids.copy(), pred_prob.copy()
         if logits is not None:
-            _heal(pred_ids, pred_prob, logits, canvas == specials.mask, self.heals)
-        if self.layout.shifted:
-            canvas_prob = (_probability_of(logits, canvas) if logits is not None
+            _heal(pred_ids, pred_prob, logits, canvas == specials.mask, self.constraints)
+        if self.layout.shifted:  # only remasking reads it
+            canvas_prob = (_probability_of(logits, canvas)
+                           if logits is not None and settings.remask_floor > 0
                            else np.ones_like(pred_prob))
         if logits is not None:
             rows = np.flatnonzero(self.head & (canvas == specials.mask)
@@ -284,6 +329,7 @@ class _Request:
         canvas[commit] = pred_ids[commit]
         self.committed_per_step.append(int(commit.sum()))
         _close_spans(canvas, self.starts, self.lengths, specials.end_of_span)
+        self.close_finished_scopes(specials.end_of_span)
 
     def result(self, eos: int) -> DenoiseResult:
         return DenoiseResult(canvases=_truncate(self.canvas, self.starts, self.lengths, eos),
@@ -352,7 +398,8 @@ def denoise_batch(
     cancelled: Callable[[], bool] | Sequence[Callable[[], bool]] = _never,
     *,
     state: object = None,
-    heals: Sequence[Sequence[np.ndarray | None] | None] | None = None,
+    heals: Sequence[Sequence[HoleStart | None] | None] | None = None,
+    closed: Sequence[ScopeClosed | None] | None = None,
 ) -> list[DenoiseResult | None]:
     """Fill every canvas of every layout in lockstep; None for a request that was cancelled.
 
@@ -372,8 +419,10 @@ def denoise_batch(
         raise ValueError("an encoded state is the context of a batch of one")
     can_ban = bool(denoiser.returns_logits)
     heals = list(heals) if heals is not None else [None] * count
-    requests = [_Request(layout, specials, s, check, can_ban, heal)
-                for layout, s, check, heal in zip(layouts, settings, checks, heals)]
+    closed = list(closed) if closed is not None else [None] * count
+    requests = [_Request(layout, specials, s, check, can_ban, heal, done)
+                for layout, s, check, heal, done in zip(layouts, settings, checks, heals,
+                                                        closed)]
     for request in requests:
         request.dropped = bool(request.cancelled())
     batch = [request for request in requests if not request.dropped]  # the encoded rows
@@ -412,13 +461,16 @@ def denoise(
     cancelled: Callable[[], bool] = _never,
     *,
     state: object = None,
-    heals: Sequence[np.ndarray | None] | None = None,
+    heals: Sequence[HoleStart | None] | None = None,
+    closed: ScopeClosed | None = None,
 ) -> DenoiseResult:
     """Fill every canvas of `layout` (a batch of one); raise Cancelled if `cancelled()` turns
     true between steps. `state`: the layout's context, already encoded. `heals`: per hole,
-    the ids its first position may take (token healing), or None."""
+    what its canvas must begin with (token healing), or None. `closed`: says when a hole's
+    committed head closes its scope, which then ends at once (an AR model never writes
+    end-of-span: without it, every line would cost the whole canvas)."""
     (result,) = denoise_batch(denoiser, [layout], specials, settings, cancelled, state=state,
-                              heals=[heals])
+                              heals=[heals], closed=[closed])
     if result is None:
         raise Cancelled
     return result

@@ -151,16 +151,19 @@ class Attention(nn.Module):
         Every query row must allow at least one key (a row of nothing is NaN): the mask
         builders let each token see itself.
         """
+        B, H, T, D = q.shape
         if allowed.shape[1] == 1:  # one row for every query: let the kernel broadcast it
-            allowed = allowed.expand(-1, q.shape[2], -1)
-        if self.kv_heads != self.n_heads:  # query head h reads key/value head h // group
-            group = self.n_heads // self.kv_heads
-            B, Hkv, S, D = k.shape
-            k = k[:, :, None].expand(B, Hkv, group, S, D).reshape(B, Hkv * group, S, D)
-            v = v[:, :, None].expand(B, Hkv, group, S, D).reshape(B, Hkv * group, S, D)
+            allowed = allowed.expand(-1, T, -1)
+        group = self.n_heads // self.kv_heads
+        if group > 1:
+            # grouped-query attention without copying keys/values: the `group` query heads
+            # that share key/value head j (heads j·group ... j·group+group-1) attend as one
+            # head with group × Tq queries
+            q = q.reshape(B, self.kv_heads, group * T, D)  # (B, Hkv, group·Tq, D)
+            allowed = allowed[:, None].expand(-1, group, -1, -1).reshape(B, group * T, -1)
         # the fused kernel (flash / memory-efficient) is exact under any boolean mask
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])  # (B,H,Tq,D)
-        B, H, T, D = out.shape
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+        out = out.reshape(B, H, T, D)  # (B, H, Tq, D)
         return self.proj(out.transpose(1, 2).reshape(B, T, H * D))  # (B, Tq, d_model)
 
 

@@ -48,7 +48,7 @@ def test_the_context_is_backed_off_and_the_canvas_must_re_produce_it(
     assert heal is not None and kept + heal.text == prefix
     assert heal.text.endswith(removed) or removed.endswith(heal.text)
     texts = [tokenizer.decode([int(i)]) for i in heal.allowed]
-    assert all(text.startswith(heal.text) for text in texts)
+    assert all(text.startswith(heal.text) or heal.text.startswith(text) for text in texts)
     assert heal.text in texts  # the token that was there is always allowed
     # the token the real continuation starts with is allowed
     ids = tokenizer.encode(kept + continuation, add_special_tokens=False).ids
@@ -62,8 +62,20 @@ def test_a_token_nothing_runs_on_from_is_left_alone(healer):
     assert healer.heal([1, 2]) == ([1, 2], None)
 
 
-def test_unheal_cuts_the_removed_text_or_refuses():
-    heal = Heal("\n", np.array([5]))
+def test_the_rest_of_a_healed_text_may_come_from_the_next_tokens(tokenizer, healer):
+    # 8 spaces and `return` are 7 spaces and ` return` to this BPE
+    kept, heal = healed(tokenizer, healer, "    def area(self):\n        ")
+    assert heal.text == "\n        "
+    seven = tokenizer.encode("\n       ", add_special_tokens=False).ids
+    assert len(seven) == 1 and seven[0] in set(heal.allowed.tolist())
+    after = heal.allowed_after(seven)
+    assert tokenizer.encode(" return", add_special_tokens=False).ids[0] in set(after.tolist())
+    assert heal.allowed_after(tokenizer.encode("\n        ", add_special_tokens=False).ids) \
+        is None
+
+
+def test_unheal_cuts_the_removed_text_or_refuses(healer):
+    heal = Heal("\n", healer)
     assert unheal("\n    return x", heal) == "    return x"
     assert unheal("return x", heal) is None
     assert unheal("return x", None) == "return x"
@@ -98,8 +110,26 @@ def test_the_healed_position_takes_the_best_allowed_token():
     runtime = ScriptedLogits()
     layout = build_layout([[10, 11], []], [3], SPECIALS.file)
     settings = SamplerSettings(strategy="left_to_right", max_steps=3)
-    result = denoise(runtime, layout, SPECIALS, settings, heals=[np.array([6, 7])])
+    result = denoise(runtime, layout, SPECIALS, settings, heals=[OnlyFirst([6, 7])])
     assert result.canvases == [[7, 9, 9]]
+
+
+class OnlyFirst:
+    """A hole start that allows `ids` at the first position only."""
+
+    def __init__(self, ids):
+        self.ids = np.array(ids)
+
+    def allowed_after(self, committed):
+        return None if committed else self.ids
+
+
+def test_a_closed_scope_ends_the_hole_at_once():
+    runtime = ScriptedLogits()
+    layout = build_layout([[10, 11], []], [6], SPECIALS.file, shift=True)
+    settings = SamplerSettings(strategy="left_to_right", max_steps=6, causal_canvas=True)
+    result = denoise(runtime, layout, SPECIALS, settings, closed=lambda hole, ids: len(ids) >= 2)
+    assert result.canvases == [[9, 9]] and result.steps == 2
 
 
 def test_a_shifted_layout_feeds_each_hole_the_token_before_it():
