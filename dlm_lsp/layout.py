@@ -96,6 +96,25 @@ def build_layout(segments: list[list[int]], canvas_lengths: list[int], file_id: 
                   tuple(anchors) if shift else None)
 
 
+def anchored(layout: Layout) -> Layout:
+    """`layout` (ids, positions and holes only, as a remote request carries them) anchored
+    for a shifted model: each hole on the context token at the position before it, or on the
+    previous hole's last position when that hole ends there."""
+    at = {position: index for index, position in enumerate(layout.context_positions)}
+    anchors, previous_end = [], None
+    for hole in layout.canvas_positions:
+        before = hole[0] - 1 if hole else None
+        if before is not None and before in at:
+            anchors.append(at[before])
+        elif before is not None and before == previous_end:
+            anchors.append(-1)
+        else:
+            raise ValueError(f"no token before the hole at position {before}")
+        previous_end = hole[-1] if hole else previous_end
+    return Layout(layout.context_ids, layout.context_positions, layout.canvas_positions,
+                  tuple(anchors))
+
+
 def decoder_masks(layouts: list[Layout], length: int) -> np.ndarray:
     """The canvas's view of a padded context batch (B, length) int64: `pad_contexts`' mask
     with each shifted layout's anchors hidden."""

@@ -168,3 +168,16 @@ def test_a_causal_canvas_left_to_right_sends_only_the_canvas_up_to_the_first_mas
     assert [len(ids) for ids, _ in runtime.inputs] == [1, 2, 3, 4]
     assert runtime.inputs[2][0].tolist() == [11, 9, 9]
     assert result.canvases == [[9, 9, 9, 9]]
+
+
+def test_a_layout_from_the_wire_is_anchored_by_positions():
+    from dlm_lsp.layout import Layout, anchored
+
+    built = build_layout([[10, 11], [12], []], [3, 2], SPECIALS.file, shift=True)
+    plain = Layout(built.context_ids, built.context_positions, built.canvas_positions)
+    assert anchored(plain) == built
+    back_to_back = build_layout([[10], [], []], [2, 2], SPECIALS.file, shift=True)
+    assert anchored(Layout(back_to_back.context_ids, back_to_back.context_positions,
+                           back_to_back.canvas_positions)) == back_to_back
+    with pytest.raises(ValueError):
+        anchored(Layout([3, 10], [0, 1], [[5, 6]]))

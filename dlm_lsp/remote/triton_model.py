@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..layout import anchored
 from ..modelcard import ModelCard, load_card
 from ..sampler import denoise_batch
 from .wire import (CARD_FILES, REQUEST_INPUTS, WireError, check_request, parse_request,
@@ -43,6 +44,11 @@ def fill_requests(denoiser: Any, card: ModelCard, requests: Sequence[dict[str, A
             layout, options = parse_request(tensors)
             options = check_request(layout, options, vocab_size=card.vocab_size,
                                     max_context=card.max_context, max_position=card.max_position)
+            if card.shift:  # the wire carries positions; the anchors follow from them
+                try:
+                    layout = anchored(layout)
+                except ValueError as exc:
+                    raise WireError(str(exc)) from None
         except WireError as exc:
             answers[index] = exc
             continue
