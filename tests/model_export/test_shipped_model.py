@@ -1,31 +1,42 @@
-"""The model that ships in the package loads with the runtime's card and runs in ONNX Runtime."""
+"""The model that ships in the package: the imported SmolLM2-135M, block-quantized, loads with
+the runtime's card, fits the budget, and completes real code in ONNX Runtime."""
 
 import numpy as np
 import onnxruntime as ort
+from tokenizers import Tokenizer
 
 from dlm_lsp.layout import build_layout
 from dlm_lsp.modelcard import default_model_dir, load_card
 from model_export.export import canvas_mask, empty_past
 
 
-def test_shipped_card_and_graphs():
+def test_shipped_card_and_files():
     card = load_card(default_model_dir())
-    assert card.canvas_buckets == (16, 32, 64, 128)
-    assert card.max_context >= 512 and card.max_position >= card.max_context + 128
-    s = card.special_tokens
-    assert (s.pad, s.mask, s.end_of_span, s.file) == (0, 1, 2, 3)
-    training = card.extra["training"]
-    assert training["steps"] > 0 and training["tokens_seen"] > 0 and training["hardware"]
-    assert card.graphs["cuda"].dtype == "float16"
-    total = sum(p.stat().st_size for p in card.directory.iterdir() if p.is_file())
-    assert total < 60e6
-
-    from tokenizers import Tokenizer
-
+    assert card.name.startswith("smollm2") and card.vocab_size == 49152
+    assert (card.n_layers, card.n_heads, card.kv_heads, card.head_dim) == (30, 9, 3, 64)
+    assert card.canvas_attention == "causal" and card.shift and not card.reads_suffix
+    assert card.causal and card.sampler.strategy == "left_to_right"
+    base = card.extra["base_model"]
+    assert base["license"] == "apache-2.0" and len(base["sha256"]) == 64
+    assert "Apache License" in card.path("LICENSE").read_text()
+    assert base["sha256"] in card.path("NOTICE").read_text()
     tokenizer = Tokenizer.from_file(str(card.path(card.tokenizer)))
-    prefix = tokenizer.encode("def add(a, b):\n    ", add_special_tokens=False).ids
-    suffix = tokenizer.encode("\n\nprint(add(1, 2))\n", add_special_tokens=False).ids
-    layout = build_layout([prefix, suffix], [16], s.file)
+    s = card.special_tokens
+    names = {s.pad: "<|pad|>", s.mask: "<|mask|>", s.end_of_span: "<|endofspan|>",
+             s.file: "<|file|>"}
+    assert {i: tokenizer.id_to_token(i) for i in names} == names
+    total = sum(p.stat().st_size for p in card.directory.iterdir() if p.is_file())
+    assert total <= 100e6
+
+
+def test_shipped_graphs_continue_real_code():
+    card = load_card(default_model_dir())
+    s = card.special_tokens
+    tokenizer = Tokenizer.from_file(str(card.path(card.tokenizer)))
+    text = "import os\n\n\ndef read_text(path):\n    with open(path) as f:\n        return f.read()"
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    prefix, truth = ids[:-4], ids[-4:]
+    layout = build_layout([prefix, []], [4], s.file, shift=True)
     files = card.graphs["cpu"]
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -38,13 +49,16 @@ def test_shipped_card_and_graphs():
                                       "position_ids": np.array([layout.context_positions]),
                                       "attention_mask": np.ones_like(ctx),
                                       **empty_past(encoder, 1)})
-    assert keys.shape == (card.n_layers, 1, card.n_heads, ctx.shape[1], card.head_dim)
-    canvas = np.full((1, 16), s.mask, np.int64)
-    pred_ids, pred_prob, canvas_prob = decoder.run(
-        ["pred_ids", "pred_prob", "canvas_prob"],
-        {"canvas_ids": canvas, "canvas_position_ids": np.array(layout.canvas_positions),
-         "keys": keys, "values": values, "context_mask": np.ones_like(ctx),
-         **canvas_mask(decoder, 1, 16)})
-    assert pred_ids.shape == (1, 16) and pred_prob.dtype == np.float32
-    assert not np.isin(pred_ids, [s.mask, s.pad, s.file]).any()
-    assert ((pred_prob > 0) & (pred_prob <= 1)).all()
+    assert keys.shape == (card.n_layers, 1, card.kv_heads, ctx.shape[1], card.head_dim)
+    positions = np.array(layout.canvas_positions[0])
+    inputs, input_positions = layout.decoder_inputs(np.array(truth), positions)
+    pred_ids, pred_prob = decoder.run(
+        ["pred_ids", "pred_prob"],
+        {"canvas_ids": inputs[None], "canvas_position_ids": input_positions[None],
+         "keys": keys, "values": values, "context_mask": np.array([layout.decoder_mask()]),
+         **canvas_mask(decoder, 1, 4)})
+    assert pred_ids.shape == (1, 4) and pred_prob.dtype == np.float32
+    assert not np.isin(pred_ids, list(s.never_predicted)).any()
+    # teacher-forced, the pretrained model gets this plain code right token for token (the
+    # last token may run on: " f.read()" could go on to ".split()")
+    assert pred_ids[0, :3].tolist() == truth[:3]
