@@ -117,36 +117,53 @@ async def test_an_unreachable_server_warns_once_and_the_local_model_answers(
     assert status.lastBackend == "none"
 
 
-def test_the_shipped_model_through_triton_in_batches_equals_the_local_model(tmp_path):
+def test_an_ar_shaped_model_through_triton_in_batches_equals_the_local_model(tmp_path):
     """Concurrent requests (Triton batches them; the sampler fills a batch in lockstep) get
-    exactly the completions the local model gives one at a time."""
+    exactly the completions the local model gives one at a time — with a model shaped as
+    the shipped one is (an imported AR model: shifted predictions, a causal canvas, grouped
+    key/value heads, no suffix), whose anchors the served model derives from positions.
+
+    Not healed on either side: healing constrains the first canvas positions with their
+    logits, which a remote completion does not ship. The local model also stops a hole once
+    its scope closes, the remote one runs to the end of the canvas: the postprocessed
+    completions are the same.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     from dlm_lsp.engine import Engine
-    from dlm_lsp.modelcard import default_model_dir
     from dlm_lsp.remote.failover import remote_engine
     from dlm_lsp.settings import Settings
+    from tests.causal_model import build_exported_model
 
+    model = build_exported_model(tmp_path / "model", sharpness=4.0, shift=True,
+                                 canvas_attention="causal", reads_suffix=False)
     prompts = ["def mean(xs):\n    ", "import os\n\nfor name in os.listdir('.'):\n    ",
                "class Point:\n    def __init__(self, x, y):\n        ",
                "def add(a, b):\n    return ", "x = [1, 2, 3]\ny = ", "with open(path) as f:\n    ",
                "if __name__ == '__main__':\n    ", "try:\n    import numpy\nexcept "]
-    local = Engine()
-    expected = [local.complete_text(p, len(p), "python").completion for p in prompts]
+    local = Engine(model, Settings(token_healing=False))
+
+    def fill(engine, prompt):
+        return engine.fill_text(prompt, [(len(prompt), len(prompt))], "python")
+
+    expected = [fill(local, p) for p in prompts]
+    assert all(r.raw[0] for r in expected)
     # one batch, by construction: Triton runs a batch once it is full (max_batch_size), and
     # waits up to a minute for the eight requests to fill it, however slowly they come
-    repo = write_repository(default_model_dir(), tmp_path / "repo",
+    repo = write_repository(model, tmp_path / "repo",
                             RepoSettings(kind="cpu", max_batch_size=len(prompts),
                                          max_queue_delay_us=60_000_000))
     with LocalTriton(repo, tmp_path) as served:
         engine = remote_engine(Settings(remote=served.grpc_url))
         with ThreadPoolExecutor(len(prompts)) as pool:
-            results = list(pool.map(lambda p: engine.complete_text(p, len(p), "python"),
-                                    prompts))
+            results = list(pool.map(lambda p: fill(engine, p), prompts))
         answered, executions = (int(re.search(
             rf'{name}\{{model="dlm_complete",version="1"\}} (\d+)', served.metrics()).group(1))
             for name in ("nv_inference_request_success", "nv_inference_exec_count"))
-    assert [r.completion for r in results] == expected
+    assert [r.completions for r in results] == [r.completions for r in expected]
+    # the same tokens: the local model stopped where its scope closed, the remote one went on
+    for remote, here in zip(results, expected):
+        assert remote.raw[0].startswith(here.raw[0])
     assert {r.backend for r in results} == {"remote"}
     assert answered == len(prompts) and executions == 1  # all eight in one batch
 
