@@ -12,6 +12,7 @@ from test_sampler_batch import LAYOUTS, SETTINGS, SPECIALS, Batched, OneByOne
 
 class Card:  # what fill_requests reads of a model card
     vocab_size, max_context, max_position, special_tokens = 64, 64, 256, SPECIALS
+    shift = False
 
 
 def roundtrip(tensors):
