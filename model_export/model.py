@@ -167,6 +167,25 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(B, T, H * D))  # (B, Tq, d_model)
 
 
+    def attend_past(self, q, past_k, past_v, k, v, allowed):
+        """`attend` over the cached keys/values `past_k`/`past_v` (B, Hkv, P, D) followed by
+        q's own `k`/`v` (B, Hkv, T, D), without concatenating them: the scores of the two
+        parts are joined instead (T × (P+T) numbers, not P × D ones), which spares copying a
+        whole cached context for every block of every denoise step. `allowed` (B,1|T,P+T)."""
+        B, H, T, D = q.shape
+        if allowed.shape[1] == 1:
+            allowed = allowed.expand(-1, T, -1)
+        group = self.n_heads // self.kv_heads
+        q = q.reshape(B, self.kv_heads, group * T, D) * D ** -0.5  # (B, Hkv, group·Tq, D)
+        allowed = allowed[:, None].expand(-1, group, -1, -1).reshape(B, 1, group * T, -1)
+        scores = torch.cat([q @ past_k.transpose(-1, -2), q @ k.transpose(-1, -2)], dim=-1)
+        probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)  # (B,Hkv,gT,P+T)
+        P = past_k.shape[2]
+        out = probs[..., :P] @ past_v + probs[..., P:] @ v  # (B, Hkv, group·Tq, D)
+        out = out.reshape(B, H, T, D)
+        return self.proj(out.transpose(1, 2).reshape(B, T, H * D))  # (B, Tq, d_model)
+
+
 class GatedMLP(nn.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
@@ -194,13 +213,11 @@ class Block(nn.Module):
         (x after the block, its own keys, its own values); `mlp=False` skips the MLP half when
         only the keys/values are wanted (the encoder's last block)."""
         q, k, v = self.attn.project(self.attn_norm(x), cos, sin)
-        if past_keys is None:
-            keys, values = k, v
-        else:
-            keys = torch.cat([past_keys, k], dim=2)  # (B, H, P+T, D)
-            values = torch.cat([past_values, v], dim=2)
         if mlp:
-            x = x + self.attn.attend(q, keys, values, allowed)
+            if past_keys is None:
+                x = x + self.attn.attend(q, k, v, allowed)
+            else:
+                x = x + self.attn.attend_past(q, past_keys, past_values, k, v, allowed)
             x = x + self.mlp(self.mlp_norm(x))
         return x, k, v
 

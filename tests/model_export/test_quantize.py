@@ -84,7 +84,8 @@ def test_block_quantized_graphs_keep_the_models_numbers(ar_model, graphs, tmp_pa
     paths = []
     for src in graphs:
         model = onnx.load(str(src))
-        report = quantize_graph(model, cfg.d_model, cfg.vocab_size, accuracy_level)
+        report = quantize_graph(model, cfg.d_model, cfg.vocab_size, accuracy_level,
+                                accuracy_level)
         assert report["q4_1_error"] < 1e-6 and report["q8_0_error"] < 1e-6
         assert report["embedding"] == 1 and report["q4_1"] >= 2 * cfg.n_layers
         dst = tmp_path / f"{src.stem}.q4.onnx"
