@@ -142,11 +142,6 @@ class OnnxDenoiser:
         # own a pool, and the spinning threads of the one that just ran would compete with
         # the next one, and with the editor and the user's builds, for the same few cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # No arena on the CPU: each session's arena keeps its peak (the encoder's attention
-        # over a whole context) for good — 140 MB more resident with the shipped 135 M model,
-        # measured after one 512-token encode — while a freed activation goes back to the
-        # system allocator at a cost lost in the matrix products.
-        options.enable_cpu_mem_arena = False
         options.log_severity_level = 3  # ORT's own warnings go to stderr only when severe
         if providers[0] == "CUDAExecutionProvider":
             providers = providers + ["CPUExecutionProvider"]
