@@ -331,6 +331,10 @@ class Engine:
             self.tokenizer.encode(s, add_special_tokens=False).ids if s else []
             for s in plan.segments
         ]
+        if not self.card.reads_suffix:
+            # a model that never saw text after a hole gets none: with a causal canvas it
+            # would read the rest of the cursor's line (the planner's suffix) as if written
+            segments[-1] = []
         budget = self.card.max_context - 1
         limit = self.card.max_position - sum(h.canvas_length for h in plan.holes) - 1
         budget = min(budget, limit)

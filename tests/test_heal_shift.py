@@ -181,3 +181,27 @@ def test_a_layout_from_the_wire_is_anchored_by_positions():
                            back_to_back.canvas_positions)) == back_to_back
     with pytest.raises(ValueError):
         anchored(Layout([3, 10], [0, 1], [[5, 6]]))
+
+
+def test_a_model_that_reads_no_suffix_gets_none(tmp_path):
+    """Not even the rest of the cursor's line, which the planner keeps as the suffix."""
+    pytest.importorskip("torch")
+    from dlm_lsp.engine import Engine
+    from dlm_lsp.settings import Settings
+    from tests.causal_model import build_exported_model
+
+    directory = build_exported_model(tmp_path / "ar", shift=True, canvas_attention="causal",
+                                     reads_suffix=False)
+    engine = Engine(directory, Settings(context_cache=False))
+    seen = []
+    real = engine.denoiser.encode
+
+    def encode(layout):
+        seen.append(list(layout.context_ids))
+        return real(layout)
+
+    engine.denoiser.encode = encode
+    text = "x = compute(a, b)\nprint(x)\n"
+    engine.complete_text(text, text.index("compute"), "python")
+    prefix = engine.tokenizer.encode("x = ", add_special_tokens=False).ids
+    assert seen and len(seen[0]) <= 1 + len(prefix)
