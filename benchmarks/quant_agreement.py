@@ -44,7 +44,8 @@ def validation_texts(corpus: Path) -> list[str]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, type=Path)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True,
+                   help="the float32 PyTorch checkpoint, or a model directory to compare with")
     p.add_argument("--corpus", default="runs/corpus", type=Path)
     p.add_argument("--positions", type=int, default=64)
     p.add_argument("--prefix", type=int, default=256)
@@ -59,8 +60,11 @@ def main() -> int:
 
     tokenizer = Tokenizer.from_file(str(card.path(card.tokenizer)))
     onnx_runtime = OnnxDenoiser(card, "cpu", args.threads)
-    model, state = load_checkpoint(args.checkpoint)
-    torch_runtime = TorchDenoiser(model, card.special_tokens)
+    if Path(args.checkpoint).is_dir():  # another model directory as the reference
+        torch_runtime = OnnxDenoiser(load_card(args.checkpoint), "cpu", args.threads)
+    else:
+        model, state = load_checkpoint(args.checkpoint)
+        torch_runtime = TorchDenoiser(model, card.special_tokens)
     rng = np.random.default_rng(args.seed)
     texts = [t for t in validation_texts(args.corpus) if len(t) > 2000]
     agree = total = right_onnx = right_torch = 0
