@@ -574,16 +574,18 @@ def export_model_dir(args) -> dict:
         report["parity_int8_vs_torch"] = parity(model, specials, enc8, dec8)
         print("int8 vs torch:", report["parity_int8_vs_torch"])
     if args.cpu_variant == "q4":
+        import onnx
+
         from .quantize import quantize_graph
 
         enc4, dec4 = work / "encoder.q4.onnx", work / "decoder.q4.onnx"
         report["quantize_q4"] = {}
         for src, dst in ((enc32, enc4), (dec32, dec4)):
-            graph = onnx_load(src)
+            graph = onnx.load(str(src))
             report["quantize_q4"][dst.stem] = quantize_graph(
                 graph, model.cfg.d_model, model.cfg.vocab_size, args.accuracy_level,
                 args.head_accuracy_level)
-            onnx_save(graph, dst)
+            onnx.save(graph, str(dst))
         print("q4:", report["quantize_q4"])
         variants["q4"] = (enc4, dec4)
         report["parity_q4_vs_torch"] = parity(model, specials, enc4, dec4,
@@ -705,18 +707,6 @@ def save_compact(tokenizer, path: Path) -> None:
         raw["model"]["merges"] = [" ".join(pair) for pair in merges]
     path.write_text(json.dumps(raw, ensure_ascii=False, separators=(",", ":")),
                     encoding="utf-8")
-
-
-def onnx_load(path: Path):
-    import onnx
-
-    return onnx.load(str(path))
-
-
-def onnx_save(model, path: Path) -> None:
-    import onnx
-
-    onnx.save(model, str(path))
 
 
 LICENSES = Path(__file__).resolve().parent / "licenses"

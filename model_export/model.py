@@ -145,45 +145,49 @@ class Attention(nn.Module):
         v = v.view(B, T, Hkv, D).transpose(1, 2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
+    def group_queries(self, q, allowed):
+        """Queries (B, H, Tq, D) and their mask (B, 1|Tq, Tk) as (B, Hkv, group·Tq, D) and
+        (B, 1, group·Tq, Tk): grouped-query attention without copying keys/values — the
+        `group` query heads that share key/value head j (heads j·group ... j·group+group-1)
+        attend as one head with group × Tq queries."""
+        B, H, T, D = q.shape
+        if allowed.shape[1] == 1:  # one row for every query
+            allowed = allowed.expand(-1, T, -1)
+        group = self.n_heads // self.kv_heads
+        q = q.reshape(B, self.kv_heads, group * T, D)
+        allowed = allowed[:, None].expand(-1, group, -1, -1).reshape(B, 1, group * T, -1)
+        return q, allowed
+
+    def merge_heads(self, out, shape):
+        """(B, Hkv, group·Tq, D) attention output → the projection's (B, Tq, d_model)."""
+        B, H, T, D = shape
+        out = out.reshape(B, H, T, D)
+        return self.proj(out.transpose(1, 2).reshape(B, T, H * D))
+
     def attend(self, q, k, v, allowed):
-        """Attention of q (B,H,Tq,D) over k/v (B,H,Tk,D); allowed: bool (B,1|Tq,Tk).
+        """Attention of q (B,H,Tq,D) over k/v (B,Hkv,Tk,D); allowed: bool (B,1|Tq,Tk).
 
         Every query row must allow at least one key (a row of nothing is NaN): the mask
         builders let each token see itself.
         """
-        B, H, T, D = q.shape
-        if allowed.shape[1] == 1:  # one row for every query: let the kernel broadcast it
-            allowed = allowed.expand(-1, T, -1)
-        group = self.n_heads // self.kv_heads
-        if group > 1:
-            # grouped-query attention without copying keys/values: the `group` query heads
-            # that share key/value head j (heads j·group ... j·group+group-1) attend as one
-            # head with group × Tq queries
-            q = q.reshape(B, self.kv_heads, group * T, D)  # (B, Hkv, group·Tq, D)
-            allowed = allowed[:, None].expand(-1, group, -1, -1).reshape(B, group * T, -1)
+        grouped, mask = self.group_queries(q, allowed)
         # the fused kernel (flash / memory-efficient) is exact under any boolean mask
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
-        out = out.reshape(B, H, T, D)  # (B, H, Tq, D)
-        return self.proj(out.transpose(1, 2).reshape(B, T, H * D))  # (B, Tq, d_model)
-
+        out = F.scaled_dot_product_attention(grouped, k, v, attn_mask=mask)
+        return self.merge_heads(out, q.shape)
 
     def attend_past(self, q, past_k, past_v, k, v, allowed):
         """`attend` over the cached keys/values `past_k`/`past_v` (B, Hkv, P, D) followed by
         q's own `k`/`v` (B, Hkv, T, D), without concatenating them: the scores of the two
         parts are joined instead (T × (P+T) numbers, not P × D ones), which spares copying a
         whole cached context for every block of every denoise step. `allowed` (B,1|T,P+T)."""
-        B, H, T, D = q.shape
-        if allowed.shape[1] == 1:
-            allowed = allowed.expand(-1, T, -1)
-        group = self.n_heads // self.kv_heads
-        q = q.reshape(B, self.kv_heads, group * T, D) * D ** -0.5  # (B, Hkv, group·Tq, D)
-        allowed = allowed[:, None].expand(-1, group, -1, -1).reshape(B, 1, group * T, -1)
-        scores = torch.cat([q @ past_k.transpose(-1, -2), q @ k.transpose(-1, -2)], dim=-1)
-        probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)  # (B,Hkv,gT,P+T)
+        grouped, mask = self.group_queries(q, allowed)
+        grouped = grouped * q.shape[-1] ** -0.5
+        scores = torch.cat([grouped @ past_k.transpose(-1, -2), grouped @ k.transpose(-1, -2)],
+                           dim=-1)
+        probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)  # (B,Hkv,gT,P+T)
         P = past_k.shape[2]
         out = probs[..., :P] @ past_v + probs[..., P:] @ v  # (B, Hkv, group·Tq, D)
-        out = out.reshape(B, H, T, D)
-        return self.proj(out.transpose(1, 2).reshape(B, T, H * D))  # (B, Tq, d_model)
+        return self.merge_heads(out, q.shape)
 
 
 class GatedMLP(nn.Module):
