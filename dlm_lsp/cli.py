@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .settings import LOG_LEVELS, Settings
+from .settings import LOG_LEVELS, STRATEGIES, Settings
 
 log = logging.getLogger("dlm_lsp")
 
@@ -104,7 +104,7 @@ def _read(path: str) -> str:
 def _sampler_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="max denoise steps")
     parser.add_argument("--threshold", type=float, default=None, help="commit threshold")
-    parser.add_argument("--strategy", choices=("parallel", "left_to_right"), default=None,
+    parser.add_argument("--strategy", choices=STRATEGIES, default=None,
                         help="default: the model card's")
 
 

@@ -66,6 +66,8 @@ class CompletionResult:
     plan: InfillPlan | None = None
     steps: int = 0  # denoiser calls
     tokens: int = 0  # generated tokens before end-of-span
+    drafted: int = 0  # speculative: drafted tokens the model checked
+    accepted: int = 0  # speculative: drafted tokens it agreed with
     cached: bool = False  # answered by the typing-through cache
     elapsed_s: float = 0.0
     context_tokens: int = 0  # the context's length
@@ -81,6 +83,8 @@ class FillResult:
     plan: InfillPlan | None = None
     steps: int = 0
     tokens: int = 0
+    drafted: int = 0  # speculative: drafted tokens the model checked
+    accepted: int = 0  # speculative: drafted tokens it agreed with
     elapsed_s: float = 0.0
     context_tokens: int = 0  # the context's length
     context_tokens_encoded: int = 0  # how many of them ran through the encoder
@@ -144,6 +148,7 @@ class Engine:
             max_steps=card.max_steps if s.max_steps is None else s.max_steps,
             remask_floor=card.remask_floor if s.remask_floor is None else s.remask_floor,
             strategy=card.strategy if s.strategy is None else s.strategy,
+            draft_length=s.draft_length,
             causal_canvas=self.card.canvas_attention == "causal",
         )
 
@@ -231,6 +236,7 @@ class Engine:
             self.cache.remember(key, text, offset, completion)
         return CompletionResult(
             completion, plan=plan, steps=fill.steps, tokens=fill.tokens,
+            drafted=fill.drafted, accepted=fill.accepted,
             elapsed_s=time.perf_counter() - started, backend=fill.backend,
             context_tokens=fill.context_tokens,
             context_tokens_encoded=fill.context_tokens_encoded,
@@ -417,6 +423,7 @@ class Engine:
         return FillResult(
             completions, plan=plan, steps=result.steps,
             tokens=sum(len(c) for c in result.canvases), raw=raw,
+            drafted=getattr(result, "drafted", 0), accepted=getattr(result, "accepted", 0),
             context_tokens=denoiser.context_tokens,
             context_tokens_encoded=denoiser.encoded_tokens,
             backend="local" if remote is None else "remote",

@@ -78,7 +78,9 @@ class SamplerDefaults:
     threshold: float = 0.9  # commit every masked position whose probability reaches this
     max_steps: int = 32  # hard cap on denoiser calls per request
     remask_floor: float = 0.0  # re-mask committed tokens whose probability fell below (0 = off)
-    strategy: str = "parallel"  # or "left_to_right" (one commit per step: an AR model as it is)
+    # or "left_to_right" (one commit per step: an AR model as it is), or "speculative" (left to
+    # right, each call also checking a drafted block)
+    strategy: str = "parallel"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -21,8 +21,13 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from .draft import Drafter, PromptLookup
 from .layout import Layout
 from .modelcard import SpecialTokens
+
+
+# how a canvas is filled (SamplerSettings.strategy)
+STRATEGIES = ("parallel", "left_to_right", "speculative")
 
 
 class Cancelled(Exception):
@@ -74,7 +79,12 @@ class SamplerSettings:
     threshold: float = 0.9  # commit masked positions at least this confident
     max_steps: int = 32  # denoiser calls at most; the last one commits everything left
     remask_floor: float = 0.0  # re-mask committed tokens whose probability fell below (0 = off)
-    strategy: str = "parallel"  # or "left_to_right": one commit per step, leftmost first
+    # "parallel", "left_to_right" (one commit per step, leftmost first), or "speculative":
+    # left to right, but each step also sends a drafted block after the frontier, and the
+    # target's tokens are committed for as long as the draft agrees with them (needs a causal
+    # canvas; the text is exactly left to right's)
+    strategy: str = "parallel"
+    draft_length: int = 8  # speculative: tokens drafted per step at most
     min_tokens: int = 1  # a canvas's first positions may not end the span (min_new_tokens)
     # the model's canvas attention is causal (the card's canvas_attention): a canvas position
     # depends only on the ones before it, so left to right sends only the canvas up to the
@@ -89,6 +99,8 @@ class DenoiseResult:
     canvases: list[list[int]]
     steps: int  # denoiser calls
     committed_per_step: list[int] = field(default_factory=list)
+    drafted: int = 0  # speculative: drafted tokens the target checked
+    accepted: int = 0  # speculative: drafted tokens the target agreed with (and committed)
 
 
 def _close_spans(canvas: np.ndarray, starts: np.ndarray, lengths: np.ndarray, eos: int) -> None:
@@ -113,7 +125,7 @@ def choose_commits(
     candidates = np.flatnonzero(masked)
     if candidates.size == 0:
         return commit
-    if settings.strategy == "left_to_right":
+    if settings.strategy in ("left_to_right", "speculative"):
         commit[candidates if steps_left <= 1 else candidates[:1]] = True  # the cap still holds
         return commit
     commit = masked & (pred_prob >= settings.threshold)
@@ -218,7 +230,7 @@ class _Request:
     def __init__(self, layout: Layout, specials: SpecialTokens, settings: SamplerSettings,
                  cancelled: Callable[[], bool], can_ban: bool,
                  heals: Sequence[HoleStart | None] | None = None,
-                 closed: ScopeClosed | None = None) -> None:
+                 closed: ScopeClosed | None = None, drafter: Drafter | None = None) -> None:
         self.layout = layout
         self.lengths = np.array(layout.canvas_lengths, dtype=np.int64)
         self.starts = _starts(self.lengths)
@@ -247,6 +259,14 @@ class _Request:
         self.state: object = None  # its own context state when the runtime has no batch calls
         self.steps = 0
         self.committed_per_step: list[int] = []
+        # speculative: a draft is checked only where a canvas position depends on the ones
+        # before it alone (a causal canvas), and read after the token it continues (shifted)
+        self.drafter = (drafter if settings.strategy == "speculative" and settings.causal_canvas
+                        and layout.shifted else None)
+        self.draft: list[int] = []  # this step's drafted tokens, from `draft_at` on
+        self.draft_at = -1  # the canvas index of the draft's first token (the frontier)
+        self.drafted = 0
+        self.accepted = 0
 
     @property
     def open(self) -> bool:
@@ -291,13 +311,84 @@ class _Request:
     def inputs(self) -> tuple[np.ndarray, np.ndarray]:
         """The decoder's input ids and positions (N ≤ T,): the canvas, shifted for a shifted
         model; with a causal canvas left to right, only up to the first masked position."""
-        ids, positions = self.layout.decoder_inputs(self.canvas, self.positions)
         settings = self.settings
-        if settings.causal_canvas and settings.strategy == "left_to_right":
+        canvas = self.canvas
+        self.draft, self.draft_at = [], -1
+        if self.drafter is not None:
+            canvas = self._with_draft()
+        ids, positions = self.layout.decoder_inputs(canvas, self.positions)
+        if settings.causal_canvas and settings.strategy in ("left_to_right", "speculative"):
             masked = np.flatnonzero(self.canvas == self.mask_id)
             if masked.size:
-                ids, positions = ids[: masked[0] + 1], positions[: masked[0] + 1]
+                end = masked[0] + 1 + len(self.draft)  # the draft, and the token after it
+                ids, positions = ids[:end], positions[:end]
         return ids, positions
+
+    def _hole_of(self, index: int) -> int:
+        """The hole that canvas index `index` belongs to."""
+        return int(np.searchsorted(self.starts, index, side="right") - 1)
+
+    def _with_draft(self) -> np.ndarray:
+        """The canvas with this step's draft written after the frontier (a copy; the draft
+        is not committed). No draft while token healing still constrains the frontier (the
+        check would compare against unconstrained predictions), nor for a hole whose anchor
+        is another hole (its history is not one stretch of text)."""
+        masked = np.flatnonzero(self.canvas == self.mask_id)
+        if masked.size == 0:
+            return self.canvas
+        frontier = int(masked[0])
+        hole = self._hole_of(frontier)
+        start, length = int(self.starts[hole]), int(self.lengths[hole])
+        anchor = self.layout.anchors[hole]
+        room = min(self.settings.draft_length, start + length - frontier - 1)
+        if anchor < 0 or room <= 0:
+            return self.canvas
+        committed = self.canvas[start:frontier].tolist()
+        heal = self.heals.get(hole)
+        if heal is not None and heal.allowed_after(committed) is not None:
+            return self.canvas
+        history = self.layout.context_ids[: anchor + 1] + committed
+        draft = [t for t in self.drafter.draft(history, room)][:room]
+        # a draft never holds what the canvas cannot: the mask, or end-of-span's stand-ins
+        if self.mask_id in draft:
+            draft = draft[: draft.index(self.mask_id)]
+        if not draft:
+            return self.canvas
+        self.draft, self.draft_at = draft, frontier
+        canvas = self.canvas.copy()
+        canvas[frontier : frontier + len(draft)] = draft
+        return canvas
+
+    def _commit_checked(self, pred_ids: np.ndarray, eos: int) -> int:
+        """Speculative: commit the target's tokens from the frontier on for as long as the
+        draft agrees with them, exactly as left to right would have committed them one per
+        step: stop at end-of-span, where the hole's scope closes, or where token healing
+        would constrain the next position. Returns how many were committed."""
+        frontier = self.draft_at
+        hole = self._hole_of(frontier)
+        start = int(self.starts[hole])
+        heal = self.heals.get(hole)
+        count = 0
+        for j in range(len(self.draft) + 1):
+            position = frontier + j
+            token = int(pred_ids[position])
+            self.canvas[position] = token
+            count += 1
+            if token == eos:
+                break
+            committed = self.canvas[start : position + 1].tolist()
+            if self.closed is not None:
+                self.checked[hole] = position + 1 - start
+                if self.closed(hole, committed):
+                    self.canvas[position + 1 : start + int(self.lengths[hole])] = eos
+                    break
+            if j == len(self.draft) or token != self.draft[j]:
+                break
+            if heal is not None and heal.allowed_after(committed) is not None:
+                break
+            self.accepted += 1
+        self.drafted += len(self.draft)
+        return count
 
     def advance(self, pred_ids: np.ndarray, pred_prob: np.ndarray, canvas_prob: np.ndarray,
                 logits: np.ndarray | None, specials: SpecialTokens, banned: list[int]) -> None:
@@ -325,15 +416,19 @@ class _Request:
             fallen = ~masked & (canvas_prob < settings.remask_floor) & (pred_ids != canvas)
             canvas[fallen] = specials.mask
             masked |= fallen
-        commit = choose_commits(masked, pred_prob, settings, steps_left)
-        canvas[commit] = pred_ids[commit]
-        self.committed_per_step.append(int(commit.sum()))
+        if self.draft and steps_left > 1:
+            self.committed_per_step.append(self._commit_checked(pred_ids, specials.end_of_span))
+        else:
+            commit = choose_commits(masked, pred_prob, settings, steps_left)
+            canvas[commit] = pred_ids[commit]
+            self.committed_per_step.append(int(commit.sum()))
         _close_spans(canvas, self.starts, self.lengths, specials.end_of_span)
         self.close_finished_scopes(specials.end_of_span)
 
     def result(self, eos: int) -> DenoiseResult:
         return DenoiseResult(canvases=_truncate(self.canvas, self.starts, self.lengths, eos),
-                             steps=self.steps, committed_per_step=self.committed_per_step)
+                             steps=self.steps, committed_per_step=self.committed_per_step,
+                             drafted=self.drafted, accepted=self.accepted)
 
 
 def _batched(denoiser: object) -> bool:
@@ -400,6 +495,7 @@ def denoise_batch(
     state: object = None,
     heals: Sequence[Sequence[HoleStart | None] | None] | None = None,
     closed: Sequence[ScopeClosed | None] | None = None,
+    drafter: Drafter | None = None,
 ) -> list[DenoiseResult | None]:
     """Fill every canvas of every layout in lockstep; None for a request that was cancelled.
 
@@ -408,7 +504,8 @@ def denoise_batch(
     under its own settings, as it would alone. A request whose `cancelled()` turns true
     (checked before the encoder and before each of its steps) leaves the batch at once.
     `state`: the context of a batch of one, already encoded (the runtime re-used a document's
-    earlier encoding); its decoder calls are then per request.
+    earlier encoding); its decoder calls are then per request. `drafter`: where a speculative
+    request's drafts come from (default: prompt lookup in its own text).
     """
     count = len(layouts)
     settings = [settings] * count if isinstance(settings, SamplerSettings) else list(settings)
@@ -420,7 +517,8 @@ def denoise_batch(
     can_ban = bool(denoiser.returns_logits)
     heals = list(heals) if heals is not None else [None] * count
     closed = list(closed) if closed is not None else [None] * count
-    requests = [_Request(layout, specials, s, check, can_ban, heal, done)
+    drafter = drafter if drafter is not None else PromptLookup()
+    requests = [_Request(layout, specials, s, check, can_ban, heal, done, drafter)
                 for layout, s, check, heal, done in zip(layouts, settings, checks, heals,
                                                         closed)]
     for request in requests:
@@ -463,6 +561,7 @@ def denoise(
     state: object = None,
     heals: Sequence[HoleStart | None] | None = None,
     closed: ScopeClosed | None = None,
+    drafter: Drafter | None = None,
 ) -> DenoiseResult:
     """Fill every canvas of `layout` (a batch of one); raise Cancelled if `cancelled()` turns
     true between steps. `state`: the layout's context, already encoded. `heals`: per hole,
@@ -470,7 +569,7 @@ def denoise(
     committed head closes its scope, which then ends at once (an AR model never writes
     end-of-span: without it, every line would cost the whole canvas)."""
     (result,) = denoise_batch(denoiser, [layout], specials, settings, cancelled, state=state,
-                              heals=[heals], closed=[closed])
+                              heals=[heals], closed=[closed], drafter=drafter)
     if result is None:
         raise Cancelled
     return result

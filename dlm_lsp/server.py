@@ -255,6 +255,8 @@ class DlmServer(LanguageServer):
             "latencyMs": round((time.perf_counter() - started) * 1000, 2),
             "steps": getattr(result, "steps", 0),
             "tokens": getattr(result, "tokens", 0),
+            "drafted": getattr(result, "drafted", 0),
+            "accepted": getattr(result, "accepted", 0),
             "cached": bool(getattr(result, "cached", False)),
             "scope": scope,
             "backend": getattr(result, "backend", None),  # local, remote, cache, none
@@ -479,6 +481,9 @@ def status(ls: DlmServer, params: Any = None) -> dict[str, Any]:
         "lastLatencyMs": ls.last.get("latencyMs"),
         "lastSteps": ls.last.get("steps"),
         "lastTokens": ls.last.get("tokens"),
+        # speculative decoding: drafted tokens the model checked, and those it agreed with
+        "lastDrafted": ls.last.get("drafted"),
+        "lastAccepted": ls.last.get("accepted"),
         "lastScope": ls.last.get("scope"),
         "lastCached": ls.last.get("cached"),
         "lastKind": ls.last.get("kind"),

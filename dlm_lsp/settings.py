@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-STRATEGIES = ("parallel", "left_to_right")
+from .sampler import STRATEGIES
 LOG_LEVELS = ("error", "warning", "info", "debug")
 DEVICES = ("auto", "cpu", "cuda")
 REMOTE_FALLBACKS = ("local", "empty")
@@ -30,9 +30,11 @@ class Settings:
     max_steps: int | None = None  # denoiser calls per request at most
     threshold: float | None = None  # commit masked positions at least this confident
     remask_floor: float | None = None  # re-mask committed tokens that fell below (0 = off)
-    # "parallel", or "left_to_right": one token per step, as an AR decoder would; None: the
-    # model card's recommendation
+    # "parallel"; "left_to_right": one token per step, as an AR decoder would; "speculative":
+    # left to right, each step checking a drafted block in the same call; None: the model
+    # card's recommendation
     strategy: str | None = None
+    draft_length: int = 8  # speculative: tokens drafted (and checked in the same call) per step
     token_healing: bool = True  # back the context off to a token boundary at each hole
     # context budget before the cursor; None = the model's: all the context that the suffix
     # leaves for a causal model (its cached prefix costs almost nothing per keystroke), else 384
@@ -113,12 +115,13 @@ def _check(name: str, value: Any) -> Any:
                 raise ValueError("expected a number between 0 and 1")
             value = float(value)
     elif name in ("max_steps", "prefix_tokens", "suffix_tokens", "max_block_lines",
-                  "max_document_bytes", "threads", "debounce_ms", "context_cache_mb"):
+                  "max_document_bytes", "threads", "debounce_ms", "context_cache_mb",
+                  "draft_length"):
         if value is None and name in ("max_steps", "prefix_tokens"):
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError("expected an integer")
-        low = 0 if name in ("threads", "debounce_ms") else 1
+        low = 0 if name in ("threads", "debounce_ms", "draft_length") else 1
         if value < low:
             raise ValueError(f"expected an integer ≥ {low}")
     return value

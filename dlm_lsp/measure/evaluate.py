@@ -33,13 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from ..sampler import STRATEGIES
 from .sandbox import SandboxLimits, isolation_report, run_python
 from .scoring import exact_match, similarity
 from .stats import format_table, mean, progress, read_jsonl, summarize, write_jsonl
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("parallel", "left_to_right")
+# one token per step (or per check): no threshold, and the step cap covers the whole canvas
+ONE_BY_ONE = ("left_to_right", "speculative")
 CANVAS_POLICIES = ("auto", "oracle")
 
 
@@ -159,7 +161,7 @@ def sweep(strategies: Sequence[str], steps: Sequence[int | None],
     configs: list[Config] = []
     for canvas in canvases:
         for strategy in strategies:
-            if strategy == "left_to_right":
+            if strategy in ONE_BY_ONE:
                 for cap in steps:
                     configs.append(Config(strategy=strategy, max_steps=cap, canvas=canvas))
                 continue
@@ -204,7 +206,7 @@ class Filler:
     def configure(self, config: Config) -> None:
         """Take a configuration's sampler settings for the next fills (one loaded model)."""
         max_steps = config.max_steps
-        if config.strategy == "left_to_right" and max_steps is None:
+        if config.strategy in ONE_BY_ONE and max_steps is None:
             max_steps = max(self.engine.card.canvas_buckets)  # every token its own step
         self.settings = dataclasses.replace(
             self.engine.settings, strategy=config.strategy, max_steps=max_steps,
@@ -384,7 +386,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("file", type=Path, help="tasks, .jsonl or .jsonl.gz")
     parser.add_argument("--limit", type=int, default=None, help="first N tasks only")
-    parser.add_argument("--strategy", type=_choice_list(STRATEGIES), default=list(STRATEGIES),
+    parser.add_argument("--strategy", type=_choice_list(STRATEGIES),
+                        default=["parallel", "left_to_right"],
                         help="comma list (default: parallel,left_to_right side by side)")
     parser.add_argument("--steps", type=_number_list(int), default=[None],
                         help="comma list of step caps; 'card' = the model's (default)")

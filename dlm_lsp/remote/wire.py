@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from ..layout import Layout
-from ..sampler import DenoiseResult, SamplerSettings, split_canvas
+from ..sampler import STRATEGIES, DenoiseResult, SamplerSettings, split_canvas
 
 COMPLETE_MODEL = "dlm_complete"
 CARD_MODEL = "dlm_card"
@@ -133,8 +133,7 @@ def check_request(layout: Layout, settings: SamplerSettings, *, vocab_size: int,
     every = layout.context_positions + [p for hole in layout.canvas_positions for p in hole]
     if min(every) < 0 or max(every) >= max_position:
         raise WireError(f"positions outside 0..{max_position - 1}")
-    if not 0.0 <= settings.threshold <= 1.0 or settings.strategy not in (
-            "parallel", "left_to_right"):
+    if not 0.0 <= settings.threshold <= 1.0 or settings.strategy not in STRATEGIES:
         raise WireError(f"sampler settings out of range: {settings}")
     return dataclasses.replace(settings, max_steps=min(max(1, settings.max_steps), MAX_STEPS))
 

@@ -1,0 +1,193 @@
+"""The speculative strategy: drafts checked in one causal call give exactly left to right's
+text (unit tests on a scripted AR target, and prompt lookup's drafts)."""
+
+import numpy as np
+import pytest
+
+from dlm_lsp.draft import PromptLookup
+from dlm_lsp.layout import build_layout
+from dlm_lsp.modelcard import SpecialTokens
+from dlm_lsp.sampler import SamplerSettings, denoise, denoise_batch
+
+SPECIALS = SpecialTokens(pad=0, mask=1, end_of_span=2, file=3)
+VOCAB = 24
+
+
+class BigramTarget:
+    """An autoregressive target over a causal canvas: the logits at each input position are a
+    fixed function of that input token alone (a random bigram table), so a position depends
+    only on the ones before it. Records every call's input length."""
+
+    returns_logits = True
+
+    def __init__(self, seed: int, eos_rate: float = 0.0):
+        rng = np.random.default_rng(seed)
+        self.table = rng.normal(size=(VOCAB, VOCAB)).astype(np.float32) * 3
+        self.table[:, [SPECIALS.mask, SPECIALS.pad, SPECIALS.file]] = -30.0
+        self.table[:, SPECIALS.end_of_span] = np.where(rng.random(VOCAB) < eos_rate, 30.0, -30.0)
+        self.widths: list[int] = []
+
+    def encode(self, layout):
+        return layout
+
+    def denoise_step(self, state, canvas_ids, canvas_positions, need_logits=False):
+        self.widths.append(canvas_ids.shape[1])
+        logits = self.table[canvas_ids]  # (1, C, V)
+        ids = logits.argmax(-1)
+        scores = np.exp(logits - logits.max(-1, keepdims=True))
+        probs = (scores.max(-1) / scores.sum(-1)).astype(np.float32)
+        out = (ids, probs, np.ones(canvas_ids.shape, np.float32))
+        return out + (logits,) if need_logits else out
+
+
+class Scripted:
+    """A drafter that proposes a fixed continuation (right or wrong) of the context's
+    `base` tokens: the part of it after what the hole has committed."""
+
+    def __init__(self, tokens, base=0):
+        self.tokens = list(tokens)
+        self.base = base
+        self.histories = []
+
+    def draft(self, history, length):
+        self.histories.append(list(history))
+        return self.tokens[max(0, len(history) - self.base):][:length]
+
+
+def settings(strategy, length, **kw):
+    return SamplerSettings(strategy=strategy, max_steps=length, causal_canvas=True, **kw)
+
+
+def greedy(target, context, length):
+    """The target's own greedy continuation of `context` (what left to right must give; its
+    first token is never end-of-span: min_tokens)."""
+    out, last = [], context[-1]
+    for index in range(length):
+        scores = target.table[last].copy()
+        if index == 0:
+            scores[SPECIALS.end_of_span] = -np.inf
+        last = int(scores.argmax())
+        if last == SPECIALS.end_of_span:
+            break
+        out.append(last)
+    return out
+
+
+def test_prompt_lookup_continues_the_latest_earlier_match_longest_first():
+    lookup = PromptLookup(max_ngram=3, min_ngram=1)
+    history = [5, 6, 7, 8, 9, 5, 6, 7, 4, 6, 7]
+    # the 3-gram (6, 7) ... is absent; 2-gram [6, 7] matched latest at index 5..6 → 4, 6, 7
+    assert lookup.draft(history, 3) == [4, 6, 7]
+    assert lookup.draft([5, 6, 7, 8, 5, 6, 7], 2) == [8, 5]  # the 3-gram 5 6 7
+    assert lookup.draft([1, 2, 3], 4) == []  # nothing repeats
+    assert PromptLookup(min_ngram=2).draft([9, 4, 5, 4], 3) == []  # a 1-gram is not enough
+    assert PromptLookup(min_ngram=1).draft([9, 4, 5, 4], 3) == [5, 4]
+    assert lookup.draft(history, 0) == []
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_speculative_gives_left_to_right_text_in_fewer_calls(seed):
+    rng = np.random.default_rng(seed)
+    target = BigramTarget(seed, eos_rate=0.05)
+    # a context that repeats itself, as code does: drafts from lookup are often right
+    phrase = rng.integers(4, VOCAB, size=6).tolist()
+    context = (phrase + rng.integers(4, VOCAB, size=3).tolist()) * 3 + phrase[:2]
+    length = 16
+    layout = build_layout([context, []], [length], SPECIALS.file, shift=True)
+    reference = denoise(target, layout, SPECIALS, settings("left_to_right", length))
+    calls = len(target.widths)
+    target.widths.clear()
+    fast = denoise(target, layout, SPECIALS, settings("speculative", length),
+                   drafter=PromptLookup(min_ngram=1))
+    assert fast.canvases == reference.canvases
+    assert reference.canvases[0] == greedy(target, [SPECIALS.file] + context, length)
+    assert fast.steps == len(target.widths) <= calls
+    assert sum(fast.committed_per_step) == sum(reference.committed_per_step)
+    assert 0 <= fast.accepted <= fast.drafted
+
+
+def test_a_right_draft_commits_the_whole_block_and_the_next_token_in_one_call():
+    target = BigramTarget(3)
+    context = [5, 6]
+    truth = greedy(target, [SPECIALS.file] + context, 8)
+    layout = build_layout([context, []], [8], SPECIALS.file, shift=True)
+    result = denoise(target, layout, SPECIALS, settings("speculative", 8, draft_length=4),
+                     drafter=Scripted(truth[:4], base=3))
+    assert result.committed_per_step[0] == 5  # four drafted, all agreed, and one more
+    assert result.canvases[0] == truth
+    assert target.widths[0] == 5  # the anchor and the four drafted tokens
+    assert result.accepted >= 4
+
+
+def test_a_wrong_draft_costs_nothing_but_the_check():
+    target = BigramTarget(4)
+    context = [7]
+    truth = greedy(target, [SPECIALS.file] + context, 6)
+    wrong = [t + 1 if t + 1 < VOCAB else 4 for t in truth]
+    layout = build_layout([context, []], [6], SPECIALS.file, shift=True)
+    result = denoise(target, layout, SPECIALS, settings("speculative", 6),
+                     drafter=Scripted(wrong, base=2))
+    assert result.canvases[0] == truth
+    assert result.accepted == 0 and result.committed_per_step == [1] * len(truth)
+
+
+def test_the_drafter_reads_the_context_then_the_committed_tokens():
+    target = BigramTarget(5)
+    drafter = Scripted([])
+    layout = build_layout([[5, 6, 7], []], [3], SPECIALS.file, shift=True)
+    result = denoise(target, layout, SPECIALS, settings("speculative", 3), drafter=drafter)
+    assert drafter.histories[0] == [SPECIALS.file, 5, 6, 7]
+    assert drafter.histories[1] == [SPECIALS.file, 5, 6, 7] + result.canvases[0][:1]
+
+
+def test_a_scope_that_closes_inside_an_accepted_block_ends_there():
+    target = BigramTarget(6)
+    truth = greedy(target, [SPECIALS.file, 9], 8)
+    layout = build_layout([[9], []], [8], SPECIALS.file, shift=True)
+    closed = lambda hole, ids: len(ids) >= 3  # noqa: E731
+    result = denoise(target, layout, SPECIALS, settings("speculative", 8), closed=closed,
+                     drafter=Scripted(truth, base=2))
+    assert result.canvases[0] == truth[:3] and result.steps == 1
+
+
+class FirstOf:
+    """A healed hole start: its first position must be one of `ids`."""
+
+    def __init__(self, ids):
+        self.ids = np.array(ids)
+
+    def allowed_after(self, committed):
+        return None if committed else self.ids
+
+
+def test_no_draft_while_token_healing_constrains_the_frontier():
+    target = BigramTarget(7)
+    layout = build_layout([[9, 10], []], [6], SPECIALS.file, shift=True)
+    heal = [FirstOf([11, 12])]
+    reference = denoise(target, layout, SPECIALS, settings("left_to_right", 6), heals=heal)
+    drafter = Scripted([11, 12, 13])
+    fast = denoise(target, layout, SPECIALS, settings("speculative", 6), heals=heal,
+                   drafter=drafter)
+    assert fast.canvases == reference.canvases
+    assert reference.canvases[0][0] in (11, 12)
+    assert len(drafter.histories[0]) == 4  # first draft only after the healed position
+
+
+def test_speculative_requests_in_a_batch_each_get_their_own_text():
+    target = BigramTarget(8, eos_rate=0.1)
+    layouts = [build_layout([c, []], [12], SPECIALS.file, shift=True)
+               for c in ([5, 6, 5, 6, 5], [9, 8, 7, 9, 8], [4])]
+    alone = [denoise(target, layout, SPECIALS, settings("left_to_right", 12)).canvases
+             for layout in layouts]
+    batch = denoise_batch(target, layouts, SPECIALS, settings("speculative", 12),
+                          drafter=PromptLookup(min_ngram=1))
+    assert [r.canvases for r in batch] == alone
+
+
+def test_a_bidirectional_canvas_is_never_drafted():
+    target = BigramTarget(9)
+    drafter = Scripted([5, 5, 5])
+    layout = build_layout([[5], []], [4], SPECIALS.file, shift=True)
+    denoise(target, layout, SPECIALS, SamplerSettings(strategy="speculative", max_steps=4),
+            drafter=drafter)
+    assert drafter.histories == []
