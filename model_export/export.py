@@ -33,6 +33,7 @@ import torch.nn as nn
 
 from dlm_lsp import modelcard
 from dlm_lsp.modelcard import GraphFiles, ModelCard, SamplerDefaults, SpecialTokens, load_card
+from dlm_lsp.sampler import STRATEGIES
 
 from .model import Denoiser
 
@@ -471,9 +472,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    "dot products)")
     p.add_argument("--head-accuracy-level", type=int, default=4, choices=[0, 1, 2, 3, 4],
                    help="q4: the same for the 8-bit tied head (4: int8, ~200x faster here)")
-    p.add_argument("--strategy", choices=["parallel", "left_to_right"], default=None,
-                   help="the card's sampler strategy (default: left_to_right for a model with "
-                   "a causal canvas, else parallel)")
+    p.add_argument("--strategy", choices=STRATEGIES, default=None,
+                   help="the card's sampler strategy (default: speculative for a shifted model "
+                   "with a causal canvas, an AR model, else parallel)")
     p.add_argument("--max-steps", type=int, default=0,
                    help="the card's max_steps (default: measured on validation, or the "
                    "largest canvas bucket for left_to_right)")
@@ -642,11 +643,13 @@ def export_model_dir(args) -> dict:
 
     cfg = model.cfg
     recommended = sampler["recommended"] if sampler else {"threshold": 0.9, "max_steps": 32}
-    strategy = args.strategy or ("left_to_right" if cfg.canvas_attention == "causal"
+    autoregressive = cfg.canvas_attention == "causal" and cfg.shift
+    strategy = args.strategy or ("speculative" if autoregressive
+                                 else "left_to_right" if cfg.canvas_attention == "causal"
                                  else "parallel")
     if args.max_steps:
         recommended = {**recommended, "max_steps": args.max_steps}
-    elif strategy == "left_to_right" and not sampler:
+    elif strategy in ("left_to_right", "speculative") and not sampler:
         recommended = {**recommended, "max_steps": max(trained.buckets)}
     base = state.get("base")
     if base:
@@ -669,14 +672,15 @@ def export_model_dir(args) -> dict:
         reads_suffix=bool(state.get("reads_suffix", True)),
         weights=WEIGHTS_FILE,
         extra={
-            "architecture": {"type": f"transformer denoiser (MDLM/LLaDA-style), "
-                                     f"{cfg.context_attention} context",
+            "architecture": {"type": _architecture_type(cfg, imported=bool(base)),
                              "d_model": cfg.d_model, "mlp_hidden": cfg.mlp_hidden,
                              "mlp": "SwiGLU", "norm": "RMSNorm", "positions": "RoPE",
                              "rope_base": cfg.rope_base, "tied_embeddings": True,
                              "params": model.num_params()},
             "training": {
-                "objective": "masked diffusion, t~U(1e-3,1), CE on masked canvas tokens / t",
+                "objective": ("none: the base model as pretrained (next-token prediction), "
+                              "not trained here" if base and not state["step"] else
+                              "masked diffusion, t~U(1e-3,1), CE on masked canvas tokens / t"),
                 "steps": state["step"], "tokens_seen": state["tokens_seen"],
                 "tokens_seen_counts": "context + canvas tokens of every training example",
                 "wall_seconds": round(state["train_seconds"], 1),
@@ -686,6 +690,7 @@ def export_model_dir(args) -> dict:
                 "final": _final_log(Path(args.checkpoint).parent),
             },
             **({"base_model": base} if base else {}),
+            **({"drafter": PROMPT_LOOKUP_DRAFTER} if strategy == "speculative" else {}),
             "corpus": corpus_stats(Path(args.corpus)),
             "tokenizer_stats": _tokenizer_stats(Path(args.tokenizer)),
             "export": report,
@@ -696,6 +701,25 @@ def export_model_dir(args) -> dict:
     sizes = {p.name: p.stat().st_size for p in out.iterdir() if p.is_file()}
     print("wrote", out, json.dumps(sizes))
     return report
+
+
+# What drafts a speculative model's blocks today: no trained drafter ships yet (issue 29's
+# DFlash drafter is not trained), so the drafts come from the document itself.
+PROMPT_LOOKUP_DRAFTER = {
+    "kind": "prompt lookup: the tokens after the latest earlier match of the text's last 4..2 "
+            "tokens in the document (dlm_lsp.draft.PromptLookup)",
+    "trained": False,
+    "training_tokens": 0,
+    "lossless": "the target checks every draft in one causal call; the text is its greedy text",
+}
+
+
+def _architecture_type(cfg, imported: bool) -> str:
+    """What the model is, in words (the card's architecture.type)."""
+    if imported and cfg.canvas_attention == "causal" and cfg.shift:
+        return ("autoregressive transformer (LLaMA family), imported as it is: causal context "
+                "and canvas, shifted predictions")
+    return f"transformer denoiser (MDLM/LLaDA-style), {cfg.context_attention} context"
 
 
 def save_compact(tokenizer, path: Path) -> None:

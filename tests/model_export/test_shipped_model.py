@@ -15,7 +15,11 @@ def test_shipped_card_and_files():
     assert card.name.startswith("smollm2") and card.vocab_size == 49152
     assert (card.n_layers, card.n_heads, card.kv_heads, card.head_dim) == (30, 9, 3, 64)
     assert card.canvas_attention == "causal" and card.shift and not card.reads_suffix
-    assert card.causal and card.sampler.strategy == "left_to_right"
+    # an AR model decodes left to right, each call also checking a drafted block
+    assert card.causal and card.sampler.strategy == "speculative"
+    assert card.extra["drafter"]["trained"] is False  # the card does not claim one
+    assert "autoregressive" in card.extra["architecture"]["type"]
+    assert "masked diffusion" not in card.extra["training"]["objective"]
     base = card.extra["base_model"]
     assert base["license"] == "apache-2.0" and len(base["sha256"]) == 64
     assert "Apache License" in card.path("LICENSE").read_text()
