@@ -6,6 +6,7 @@ Slow (the reference loads in ~20 s; the export takes minutes) and only where the
 model_export/README.md), or point DLM_GGUF at another LLaMA-family GGUF file.
 """
 
+import dataclasses
 import json
 import os
 import sysconfig
@@ -143,12 +144,47 @@ def test_the_checkpoint_records_the_base_model(imported):
     assert cfg.shift and cfg.canvas_attention == "causal" and cfg.context_attention == "causal"
 
 
-def greedy(model, prompt: list[int], count: int, specials) -> list[int]:
-    """Plain greedy autoregressive decoding of the torch model, no cache, under the
-    contract's bans: never mask, pad or file, and not end-of-span as the first token."""
+def greedy(model, prompt: list[int], count: int, specials, stop=None) -> list[int]:
+    """Greedy autoregressive decoding of the torch model under the contract's bans (never
+    mask, pad or file; not end-of-span as the first token), with a key/value cache: the prompt
+    is encoded once, then each token is one decoder call on the cache (its logits) and one
+    encoder call that appends it (its keys/values). `stop(tokens)`: end early (the server's
+    scope rule: what comes after it is never shown)."""
+    ids = torch.tensor([prompt])
+    n = len(prompt)
+    with torch.no_grad():
+        keys, values = model.encode(ids[:, :-1], torch.arange(n - 1)[None],
+                                    torch.ones(1, n - 1, dtype=torch.long))
+        last, out = prompt[-1], []
+        for step in range(count):
+            position = torch.tensor([[n - 1 + step]])
+            token = torch.tensor([[last]])
+            mask = torch.ones(1, keys.shape[3], dtype=torch.long)
+            logits = model.denoise(token, position, keys, values, mask)[0, -1]
+            logits[list(specials.never_predicted)] = float("-inf")
+            if step == 0:
+                logits[specials.end_of_span] = float("-inf")
+            new_keys, new_values = model.encode(token, position, torch.ones(1, 1, dtype=torch.long),
+                                                keys, values, mask)
+            keys, values = torch.cat([keys, new_keys], 3), torch.cat([values, new_values], 3)
+            last = int(logits.argmax())
+            out.append(last)
+            if last == specials.end_of_span or (stop is not None and stop(out)):
+                break
+    return out
+
+
+def test_cached_greedy_equals_recomputing_the_prefix(imported):
+    """The reference's cache is exact: each token equals a full causal pass over everything."""
+    from dlm_lsp.modelcard import SpecialTokens
+
+    model = imported[0]
+    specials = SpecialTokens(pad=1, mask=16, end_of_span=2, file=0)
+    prompt = [0] + list(range(300, 340))
+    cached = greedy(model, prompt, 6, specials)
     ids = list(prompt)
     with torch.no_grad():
-        for step in range(count):
+        for step in range(6):
             n = len(ids)
             h = model.hidden(torch.tensor([ids]), torch.arange(n)[None],
                              torch.ones(n, n, dtype=torch.bool).tril()[None])
@@ -157,7 +193,7 @@ def greedy(model, prompt: list[int], count: int, specials) -> list[int]:
             if step == 0:
                 logits[specials.end_of_span] = float("-inf")
             ids.append(int(logits.argmax()))
-    return ids[len(prompt):]
+    assert cached == ids[len(prompt):]
 
 
 @pytest.fixture(scope="module")
@@ -182,18 +218,21 @@ def exact_model_dir(tmp_path_factory, imported):
 def test_left_to_right_through_the_server_is_greedy_decoding(imported, tokenizer,
                                                              exact_model_dir):
     """20 validation prompts (cut at line starts, so the server heals nothing): the server's
-    left-to-right completion is the postprocessed text of the torch model's greedy tokens."""
+    left-to-right completion, and its speculative one (prompt-lookup drafts checked in one
+    call), are the postprocessed text of the torch model's greedy tokens."""
     from dlm_lsp.engine import Engine
     from dlm_lsp.languages import syntax_for
-    from dlm_lsp.postprocess import finish
+    from dlm_lsp.postprocess import finish, scope_closed
     from dlm_lsp.settings import Settings
 
     model = imported[0]
     settings = Settings(strategy="left_to_right", token_healing=False, context_cache=False)
     engine = Engine(exact_model_dir, settings)
+    speculative = dataclasses.replace(settings, strategy="speculative")
+    syntax = syntax_for("python")
     rng = np.random.default_rng(7)
     texts = [t for t in validation_files() if t.count("\n") > 40]
-    checked = 0
+    checked = drafted = 0
     while checked < 20:
         text = texts[int(rng.integers(len(texts)))]
         lines = text.splitlines(keepends=True)
@@ -208,11 +247,21 @@ def test_left_to_right_through_the_server_is_greedy_decoding(imported, tokenizer
         prompt = [engine.card.special_tokens.file] + tokenizer.encode(
             layout_prefix, add_special_tokens=False).ids
         specials = engine.card.special_tokens
-        tokens = greedy(model, prompt, plan.holes[0].canvas_length, specials)
         eos = specials.end_of_span
+
+        def closed(tokens):
+            return scope_closed(plan, 0, tokenizer.decode([t for t in tokens if t != eos]),
+                                text=text, syntax=syntax)
+
+        tokens = greedy(model, prompt, plan.holes[0].canvas_length, specials, stop=closed)
         tokens = tokens[: tokens.index(eos)] if eos in tokens else tokens
-        want = finish(plan, 0, tokenizer.decode(tokens), text=text,
-                      syntax=syntax_for("python"))
+        want = finish(plan, 0, tokenizer.decode(tokens), text=text, syntax=syntax)
+        want = want.text if want else None
         got = result.completion
-        assert (got.text if got else None) == (want.text if want else None), (row, offset)
+        assert (got.text if got else None) == want, (row, offset)
+        fast = engine.complete_text(text, offset, "python", settings=speculative)
+        assert (fast.completion.text if fast.completion else None) == want, (row, offset)
+        assert fast.steps <= result.steps
+        drafted += fast.drafted
         checked += 1
+    assert drafted > 0  # the drafts were really checked

@@ -1,0 +1,69 @@
+"""Speculative decoding with the shipped model is lossless: at real cursors it answers exactly
+what left to right answers, in no more target calls. A few cursors in the default suite; the
+large run (held-out tasks and bench cursors, >= 100) is slow."""
+
+from pathlib import Path
+
+import pytest
+
+from dlm_lsp.engine import Engine
+from dlm_lsp.measure.evaluate import load_tasks
+from dlm_lsp.measure.samples import collect_files, default_files, sample_positions
+from dlm_lsp.settings import Settings
+
+HELDOUT = Path(__file__).resolve().parents[1] / "benchmarks" / "heldout.jsonl.gz"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine(None, Settings(context_cache=False))
+
+
+def cursors_from_heldout(per_kind: int):
+    """(text, offset) at the hole of the first `per_kind` held-out tasks of each kind."""
+    counts: dict[str, int] = {}
+    cursors = []
+    for task in load_tasks(HELDOUT):
+        if counts.get(task.kind, 0) >= per_kind:
+            continue
+        counts[task.kind] = counts.get(task.kind, 0) + 1
+        cursors.append((task.prefix + task.suffix, len(task.prefix)))
+    return cursors
+
+
+def cursors_from_bench(count: int):
+    samples = sample_positions(collect_files(default_files(), 16, 0), count, 0)
+    return [(s.text, s.offset) for s in samples]
+
+
+def check_lossless(engine, cursors):
+    left = Settings(context_cache=False, strategy="left_to_right")
+    fast = Settings(context_cache=False, strategy="speculative")
+    calls = {"left_to_right": 0, "speculative": 0}
+    tokens = drafted = 0
+    for text, offset in cursors:
+        reference = engine.complete_text(text, offset, "python", settings=left)
+        result = engine.complete_text(text, offset, "python", settings=fast)
+        want = reference.completion.text if reference.completion else None
+        got = result.completion.text if result.completion else None
+        assert got == want, (offset, text[max(0, offset - 80): offset])
+        assert result.steps <= reference.steps
+        assert result.tokens == reference.tokens  # the same tokens, only fewer calls
+        calls["left_to_right"] += reference.steps
+        calls["speculative"] += result.steps
+        tokens += result.tokens
+        drafted += result.drafted
+    return calls, tokens, drafted
+
+
+def test_speculative_answers_what_left_to_right_answers(engine):
+    calls, tokens, drafted = check_lossless(engine, cursors_from_heldout(1))
+    assert drafted > 0 and calls["speculative"] <= calls["left_to_right"]
+
+
+@pytest.mark.slow
+def test_speculative_is_lossless_on_a_hundred_cursors(engine):
+    cursors = cursors_from_heldout(15) + cursors_from_bench(40)
+    assert len(cursors) >= 100
+    calls, tokens, drafted = check_lossless(engine, cursors)
+    assert calls["speculative"] < calls["left_to_right"]
