@@ -72,7 +72,7 @@ def test_bench_runs_the_real_server_and_reports(tmp_path):
     report = json.loads(done.stdout)
     assert report["requests"] == 4 and report["warmup"] == 1
     assert report["provider"] in ("CPU", "CUDA")
-    assert set(report["results"]) == {"parallel", "left_to_right"}
+    assert set(report["results"]) == {"card", "left_to_right"}
     for strategy, scopes in report["results"].items():
         overall = scopes["all"]
         assert overall["requests"] == 4

@@ -7,8 +7,9 @@ sampled from real files the way people type, each with the text after the cursor
 has not written yet removed, so every request also has a true answer (`samples`; the client is
 `client`, the tables and plot `report`).
 
-Two servers run side by side and answer the same requests in turn: the parallel sampler (the
-model card's settings) and the same weights decoded token by token (``strategy:
+Two servers run side by side and answer the same requests in turn: the model card's settings
+("card": the parallel sampler, or speculative decoding for an autoregressive model, whose
+tokens per target call the report shows) and the same weights decoded token by token (``strategy:
 left_to_right``, one commit per step: what an autoregressive decoder would do). The speed-up
 and its quality cost are then ratios measured on one machine at one moment. A "typing" pass
 replays keystrokes through each shown suggestion and counts the answers the typing-through
@@ -64,6 +65,7 @@ async def measure(server: BenchServer, strategy: str, sample: Sample, index: int
         strategy=strategy, kind=sample.kind, path=sample.path, latency_ms=round(latency, 3),
         server_ms=status.get("lastLatencyMs"), steps=status.get("lastSteps"),
         tokens=status.get("lastTokens"), scope=status.get("lastScope"),
+        drafted=status.get("lastDrafted"), accepted=status.get("lastAccepted"),
         cached=bool(status.get("lastCached")), suggested=bool(insert),
         exact_match=exact_match(sample, start, end, insert) if item else False, text=insert,
     )
@@ -142,6 +144,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def card_strategy(model: str | None) -> str:
+    """The strategy the model card recommends (what the "card" server decodes with)."""
+    from ..modelcard import default_model_dir, load_card
+
+    return load_card(model or default_model_dir()).sampler.strategy
+
+
 def _largest_bucket(model: str | None) -> int:
     from ..modelcard import default_model_dir, load_card
 
@@ -159,8 +168,8 @@ async def run_bench(args: argparse.Namespace) -> tuple[dict[str, Any], list[Meas
     warmup, measured = samples[: args.warmup], samples[args.warmup :]
     model = getattr(args, "model", None)
     device = getattr(args, "device", None)
-    servers = {"parallel": BenchServer("parallel", {}, model=model, device=device,
-                                       log_path=args.server_log, timeout_s=args.timeout)}
+    servers = {"card": BenchServer("card", {}, model=model, device=device,
+                                   log_path=args.server_log, timeout_s=args.timeout)}
     if args.baseline:
         servers["left_to_right"] = BenchServer(
             "left_to_right", {"strategy": "left_to_right", "maxSteps": _largest_bucket(model)},
@@ -187,13 +196,13 @@ async def run_bench(args: argparse.Namespace) -> tuple[dict[str, Any], list[Meas
             chosen = [s for s in measured if s.kind in ("mid-line", "empty-line")]
             for index, sample in enumerate(chosen[: args.typing_samples]):
                 try:
-                    measurements += await typing_pass(servers["parallel"], sample, index,
+                    measurements += await typing_pass(servers["card"], sample, index,
                                                       args.typing)
                 except Exception as exc:  # a failed replay loses its keystrokes, not the run
                     log.warning("typing pass %d failed: %s", index, exc)
         for name, server in servers.items():
             rss[name].append(server.rss_mb())
-        status = await servers["parallel"].status()
+        status = await servers["card"].status()
     finally:
         for server in servers.values():
             await server.stop()
@@ -209,6 +218,7 @@ async def run_bench(args: argparse.Namespace) -> tuple[dict[str, Any], list[Meas
         "warmup": len(warmup),
         "requests": len(measured),
         "kinds": kinds,
+        "card_strategy": (status.get("settings") or {}).get("strategy") or card_strategy(model),
         "results": results,
         "comparison": compare(results),
         "typing": summarize_typing(measurements),

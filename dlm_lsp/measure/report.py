@@ -11,7 +11,9 @@ from typing import Any
 from .stats import format_table, mean, ratio, summarize
 
 SCOPES = ("line", "statement", "block")
-STRATEGIES = ("parallel", "left_to_right")
+# "card": the model card's own settings (its strategy: parallel, or speculative for an AR
+# model); "left_to_right": the same weights one token per call
+STRATEGIES = ("card", "left_to_right")
 
 
 @dataclass
@@ -31,6 +33,8 @@ class Measurement:
     exact_match: bool
     text: str = ""
     error: str | None = None  # the request failed (JSON-RPC error or timeout)
+    drafted: int | None = None  # speculative: drafted tokens the target checked
+    accepted: int | None = None  # speculative: drafted tokens it agreed with
 
 
 def summarize_measurements(measurements: list[Measurement]) -> dict[str, Any]:
@@ -53,6 +57,11 @@ def summarize_measurements(measurements: list[Measurement]) -> dict[str, Any]:
                 "steps": mean([m.steps for m in group if m.steps is not None]),
                 "tokens": mean([m.tokens for m in group if m.tokens is not None]),
                 "tokens_per_s": ratio(sum(m.tokens or 0 for m in group), seconds),
+                # what a draft-and-check loop buys: generated tokens per target call
+                "tokens_per_call": ratio(sum(m.tokens or 0 for m in group if m.steps),
+                                         sum(m.steps or 0 for m in group)),
+                "drafted": sum(m.drafted or 0 for m in group),
+                "accepted": sum(m.accepted or 0 for m in group),
                 "exact_match": mean([float(m.exact_match) for m in group]),
                 "suggested": mean([float(m.suggested) for m in group]),
                 "errors": sum(m.error is not None for m in group),
@@ -61,11 +70,11 @@ def summarize_measurements(measurements: list[Measurement]) -> dict[str, Any]:
 
 
 def compare(rows: dict[str, Any]) -> dict[str, Any]:
-    """Parallel against token-by-token per scope: latency and steps ratios, quality delta."""
-    if "parallel" not in rows or "left_to_right" not in rows:
+    """The card's strategy against token-by-token per scope: latency and steps ratios, quality delta."""
+    if "card" not in rows or "left_to_right" not in rows:
         return {}
     out = {}
-    for scope, fast in rows["parallel"].items():
+    for scope, fast in rows["card"].items():
         slow = rows["left_to_right"].get(scope)
         if slow is None:
             continue
@@ -73,7 +82,7 @@ def compare(rows: dict[str, Any]) -> dict[str, Any]:
             "speedup_p50": ratio(slow["latency_ms"]["p50"], fast["latency_ms"]["p50"]),
             "speedup_mean": ratio(slow["latency_ms"]["mean"], fast["latency_ms"]["mean"]),
             "steps_ratio": ratio(slow["steps"], fast["steps"]),
-            "exact_match_parallel": fast["exact_match"],
+            "exact_match_card": fast["exact_match"],
             "exact_match_left_to_right": slow["exact_match"],
         }
     return out
@@ -99,28 +108,29 @@ def render(report: dict[str, Any]) -> str:
         f"seed {report['seed']}, {report['warmup']} warm-up excluded; "
         f"{report['files']} files from {report['source']}",
     ]
-    headers = ["strategy/scope", "n", "p50 ms", "p95 ms", "p99 ms", "steps", "tok/s",
-               "exact%", "shown%"]
+    headers = ["strategy/scope", "n", "p50 ms", "p95 ms", "p99 ms", "steps", "tok/call",
+               "tok/s", "exact%", "shown%"]
     body = []
     for strategy, scopes in report["results"].items():
         for scope, row in scopes.items():
             body.append([
                 f"{strategy}/{scope}", row["requests"], row["latency_ms"]["p50"],
                 row["latency_ms"]["p95"], row["latency_ms"]["p99"], row["steps"],
-                row["tokens_per_s"],
+                row.get("tokens_per_call"), row["tokens_per_s"],
                 None if row["exact_match"] is None else 100 * row["exact_match"],
                 None if row["suggested"] is None else 100 * row["suggested"],
             ])
     lines += ["", format_table(headers, body)]
     if report["comparison"]:
         headers = ["scope", "speed-up p50", "speed-up mean", "steps ratio",
-                   "exact% parallel", "exact% token-by-token"]
+                   "exact% card", "exact% token-by-token"]
         body = [[scope, c["speedup_p50"], c["speedup_mean"], c["steps_ratio"],
-                 None if c["exact_match_parallel"] is None else 100 * c["exact_match_parallel"],
+                 None if c["exact_match_card"] is None else 100 * c["exact_match_card"],
                  None if c["exact_match_left_to_right"] is None
                  else 100 * c["exact_match_left_to_right"]]
                 for scope, c in report["comparison"].items()]
-        lines += ["", "parallel vs token-by-token (same weights, same requests, interleaved):",
+        lines += ["", f"card ({report.get('card_strategy') or 'its strategy'}) vs token-by-token "
+                  "(same weights, same requests, interleaved):",
                   format_table(headers, body, digits=2)]
     typing = report.get("typing")
     if typing:
@@ -150,7 +160,7 @@ def plot(measurements: list[Measurement], report: dict[str, Any], path: str | Pa
             values = [m.latency_ms for m in measurements
                       if m.strategy == strategy and m.scope == scope]
             if values:
-                labels.append(f"{scope}\n{'parallel' if strategy == 'parallel' else 'token×1'}")
+                labels.append(f"{scope}\n{'card' if strategy == 'card' else 'token×1'}")
                 data.append(values)
     if data:
         left.boxplot(data, showfliers=True)
