@@ -27,31 +27,47 @@ class Drafter(Protocol):
         ...
 
 
+def _matches(tokens: np.ndarray, tail: np.ndarray, end: int) -> np.ndarray:
+    """Starts of every occurrence of `tail` in `tokens` that begins before `end`."""
+    candidates = np.flatnonzero(tokens[:end] == tail[0])
+    for offset in range(1, len(tail)):
+        if candidates.size == 0:
+            break
+        candidates = candidates[candidates + offset < len(tokens)]
+        candidates = candidates[tokens[candidates + offset] == tail[offset]]
+    return candidates
+
+
 @dataclass(frozen=True)
 class PromptLookup:
     """Drafts copied from the latest earlier occurrence of the history's last n tokens,
-    n from `max_ngram` down to `min_ngram`."""
+    n from `max_ngram` down to `min_ngram`; where the history has none, from the first
+    occurrence in `source` (the text after the cursor, which a model that reads no suffix never
+    sees: a name or a line used below is often what comes next)."""
 
     max_ngram: int = 4
     min_ngram: int = 2
     window: int = 4096  # how far back to look, in tokens (bounds the work per step)
+    source: tuple[int, ...] = ()
 
     def draft(self, history: Sequence[int], length: int) -> list[int]:
         if length <= 0:
             return []
         tokens = np.asarray(history[-self.window :], dtype=np.int64)
+        source = np.asarray(self.source[: self.window], dtype=np.int64)
         n_tokens = len(tokens)
         for n in range(min(self.max_ngram, n_tokens - 1), self.min_ngram - 1, -1):
             tail = tokens[n_tokens - n :]
-            # starts of every earlier n-gram equal to the tail (not the tail itself)
-            candidates = np.flatnonzero(tokens[: n_tokens - n] == tail[0])
-            for offset in range(1, n):
-                if candidates.size == 0:
-                    break
-                candidates = candidates[tokens[candidates + offset] == tail[offset]]
+            # every earlier n-gram equal to the tail (not the tail itself); the latest is the
+            # nearest, most relevant
+            candidates = _matches(tokens, tail, n_tokens - n)
             if candidates.size:
-                start = int(candidates[-1]) + n  # the latest match: nearest, most relevant
+                start = int(candidates[-1]) + n
                 return tokens[start : start + length].tolist()
+            candidates = _matches(source, tail, len(source) - n)
+            if candidates.size:
+                start = int(candidates[0]) + n
+                return source[start : start + length].tolist()
         return []
 
 

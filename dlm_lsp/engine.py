@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 
 from .cache import TypingCache
 from .context_cache import ContextCache, DocumentDenoiser
+from .draft import PromptLookup
 from .heal import Heal, Healer, unheal
 from .languages import Syntax, syntax_for
 from .layout import build_layout
@@ -382,6 +383,18 @@ class Engine:
                                                           syntax=syntax)
         return closed
 
+    # how much of the text after the last hole speculative drafts may copy from (characters)
+    DRAFT_SOURCE_CHARS = 4000
+
+    def _drafter(self, plan: InfillPlan, text: str) -> PromptLookup:
+        """Speculative drafts for this plan: prompt lookup in the text before the hole, then in
+        the document after the last hole — drafts cost nothing in quality, so the code after
+        the cursor, which a prefix-only model never reads, still helps here."""
+        end = plan.holes[-1].end
+        after = text[end : end + self.DRAFT_SOURCE_CHARS]
+        ids = self.tokenizer.encode(after, add_special_tokens=False).ids if after else []
+        return PromptLookup(source=tuple(ids))
+
     def _document_denoiser(self, key: str | None, settings: Settings) -> DocumentDenoiser:
         """The denoiser for one request: with a key (a uri) and the cache on, it starts
         from the document's cached context."""
@@ -396,6 +409,8 @@ class Engine:
         if not plan.holes:
             return FillResult([], plan=plan)
         segments = self._encode_segments(plan)
+        speculative = self.sampler_settings(settings).strategy == "speculative"
+        drafter = self._drafter(plan, text) if speculative else None
         heals = self._heal(plan, segments, settings)
         layout = build_layout(
             segments, [h.canvas_length for h in plan.holes], self.card.special_tokens.file,
@@ -411,7 +426,7 @@ class Engine:
                 result = denoise(
                     denoiser, layout, self.card.special_tokens, self.sampler_settings(settings),
                     cancelled, heals=heals,
-                    closed=self._scope_check(plan, text, syntax, heals),
+                    closed=self._scope_check(plan, text, syntax, heals), drafter=drafter,
                 )
         raw = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in result.canvases]
         at_holes = [unheal(generated, heal) for generated, heal in zip(raw, heals)]

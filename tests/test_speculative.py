@@ -191,3 +191,10 @@ def test_a_bidirectional_canvas_is_never_drafted():
     denoise(target, layout, SPECIALS, SamplerSettings(strategy="speculative", max_steps=4),
             drafter=drafter)
     assert drafter.histories == []
+
+
+def test_prompt_lookup_falls_back_to_the_text_after_the_cursor():
+    lookup = PromptLookup(min_ngram=2, source=(8, 5, 6, 9, 9, 5, 6, 4))
+    assert lookup.draft([1, 2, 5, 6], 3) == [9, 9, 5]  # the source's first match: nearest
+    assert lookup.draft([5, 6, 7, 1, 5, 6], 2) == [7, 1]  # the history's own match wins
+    assert lookup.draft([1, 2, 3], 2) == []
