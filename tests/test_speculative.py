@@ -198,3 +198,13 @@ def test_prompt_lookup_falls_back_to_the_text_after_the_cursor():
     assert lookup.draft([1, 2, 5, 6], 3) == [9, 9, 5]  # the source's first match: nearest
     assert lookup.draft([5, 6, 7, 1, 5, 6], 2) == [7, 1]  # the history's own match wins
     assert lookup.draft([1, 2, 3], 2) == []
+
+
+def test_a_draft_is_cut_where_it_would_close_the_scope():
+    target = BigramTarget(6)
+    truth = greedy(target, [SPECIALS.file, 9], 8)
+    layout = build_layout([[9], []], [8], SPECIALS.file, shift=True)
+    closed = lambda hole, ids: len(ids) >= 3  # noqa: E731
+    denoise(target, layout, SPECIALS, settings("speculative", 8), closed=closed,
+            drafter=Scripted(truth, base=2))
+    assert target.widths == [3]  # the anchor and two drafted tokens: the third closes it
