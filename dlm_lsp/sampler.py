@@ -267,6 +267,13 @@ class _Request:
         self.draft_at = -1  # the canvas index of the draft's first token (the frontier)
         self.drafted = 0
         self.accepted = 0
+        # one token a step on a causal canvas: the inputs already committed join the context
+        # state (the runtime's `append_canvas`, from the call's own keys/values), so a step
+        # sends only the inputs after them instead of the whole committed canvas again. Set
+        # by the loop when the runtime can (`appends`) and the request runs on its own state.
+        self.appending = False
+        self.sent = 0  # leading decoder inputs already in `state`
+        self.canvas_keys: object = None  # the last call's own keys/values
 
     @property
     def open(self) -> bool:
@@ -322,7 +329,27 @@ class _Request:
             if masked.size:
                 end = masked[0] + 1 + len(self.draft)  # the draft, and the token after it
                 ids, positions = ids[:end], positions[:end]
-        return ids, positions
+        return ids[self.sent :], positions[self.sent :]
+
+    @property
+    def can_append(self) -> bool:
+        """Whether committed inputs may join the context: one token a step on a causal
+        canvas, nothing ever re-masked."""
+        s = self.settings
+        return (s.causal_canvas and s.strategy in ("left_to_right", "speculative")
+                and s.remask_floor <= 0)
+
+    def append_committed(self, denoiser: Any) -> None:
+        """After a step: the inputs before the new frontier are final (the anchor and the
+        committed tokens before the frontier's own input); move them into the state."""
+        masked = np.flatnonzero(self.canvas == self.mask_id)
+        if not self.appending or self.canvas_keys is None or masked.size == 0:
+            return
+        count = int(masked[0]) - self.sent
+        if count > 0:
+            self.state = denoiser.append_canvas(self.state, self.canvas_keys, count)
+            self.sent += count
+        self.canvas_keys = None
 
     def _hole_of(self, index: int) -> int:
         """The hole that canvas index `index` belongs to."""
@@ -410,6 +437,13 @@ class _Request:
                 logits: np.ndarray | None, specials: SpecialTokens, banned: list[int]) -> None:
         """Commit one step's predictions, each (T,); `logits` (T, V) when guarded."""
         canvas, settings = self.canvas, self.settings
+        if self.sent:  # the inputs already in the state: their canvas positions are committed
+            pred_ids = np.concatenate([canvas[: self.sent], pred_ids])
+            pred_prob = np.concatenate([np.ones(self.sent, np.float32), pred_prob])
+            canvas_prob = np.concatenate([np.ones(self.sent, np.float32), canvas_prob])
+            if logits is not None:
+                logits = np.concatenate(
+                    [np.zeros((self.sent, logits.shape[-1]), logits.dtype), logits])
         if len(pred_ids) < len(canvas):  # a causal canvas's window: nothing predicted beyond
             pred_ids, pred_prob, canvas_prob, logits = _widen(
                 len(canvas), specials.end_of_span, pred_ids, pred_prob, canvas_prob, logits)
@@ -489,14 +523,16 @@ def _step_each(denoiser: Any, batch: list[_Request], rows: list[int]) -> list[tu
     for row in rows:
         request = batch[row]
         ids, positions = request.inputs()
+        extra = {"keep_canvas": True} if request.appending else {}
         if request.guarded():
-            pred_ids, pred_prob, canvas_prob, logits = denoiser.denoise_step(
-                request.state, ids[None, :], positions[None, :], need_logits=True)
+            pred_ids, pred_prob, canvas_prob, logits, *kept = denoiser.denoise_step(
+                request.state, ids[None, :], positions[None, :], need_logits=True, **extra)
             logits = logits[0]
         else:
-            pred_ids, pred_prob, canvas_prob = denoiser.denoise_step(
-                request.state, ids[None, :], positions[None, :])
+            pred_ids, pred_prob, canvas_prob, *kept = denoiser.denoise_step(
+                request.state, ids[None, :], positions[None, :], **extra)
             logits = None
+        request.canvas_keys = kept[0] if kept else None
         steps.append((pred_ids[0], pred_prob[0], canvas_prob[0], logits))
     return steps
 
@@ -550,6 +586,9 @@ def denoise_batch(
         for request in batch:
             request.state = denoiser.encode(request.layout)
     banned = sorted({specials.end_of_span, *specials.never_predicted})
+    appends = not batched and bool(getattr(denoiser, "appends", False))
+    for request in batch:
+        request.appending = appends and request.can_append
     rows = [row for row, request in enumerate(batch) if request.open]
     while rows:
         for row in rows:
@@ -563,6 +602,7 @@ def denoise_batch(
             outputs = _step_each(denoiser, batch, rows)
         for row, (pred_ids, pred_prob, canvas_prob, logits) in zip(rows, outputs):
             batch[row].advance(pred_ids, pred_prob, canvas_prob, logits, specials, banned)
+            batch[row].append_committed(denoiser)
         rows = [row for row in rows if batch[row].open]
     return [None if r.dropped else r.result(specials.end_of_span) for r in requests]
 

@@ -208,3 +208,57 @@ def test_a_draft_is_cut_where_it_would_close_the_scope():
     denoise(target, layout, SPECIALS, settings("speculative", 8), closed=closed,
             drafter=Scripted(truth, base=2))
     assert target.widths == [3]  # the anchor and two drafted tokens: the third closes it
+
+
+class ContextTarget(BigramTarget):
+    """An AR target whose every prediction reads the whole visible text before it: the
+    logits at an input are the bigram table's row for the input token, shifted by the sum of
+    every visible token up to it (context and inputs). A runtime that can append a call's
+    inputs to the state (`appends`): the state is then the visible tokens themselves."""
+
+    def __init__(self, seed, appends=True, eos_rate=0.0):
+        super().__init__(seed, eos_rate)
+        self.appends = appends
+        self.rolls = np.random.default_rng(seed + 99).integers(0, VOCAB, size=7)
+
+    def encode(self, layout):
+        return [t for t, seen in zip(layout.context_ids, layout.decoder_mask()) if seen]
+
+    def denoise_step(self, state, canvas_ids, canvas_positions, need_logits=False,
+                     keep_canvas=False):
+        self.widths.append(canvas_ids.shape[1])
+        inputs = canvas_ids[0].tolist()
+        rows = []
+        for i, token in enumerate(inputs):
+            shift = self.rolls[(sum(state) + sum(inputs[: i + 1])) % 7]
+            row = np.roll(self.table[token], int(shift))
+            row[[SPECIALS.mask, SPECIALS.pad, SPECIALS.file]] = -30.0
+            rows.append(row)
+        logits = np.array(rows, np.float32)[None]
+        ids = logits.argmax(-1)
+        scores = np.exp(logits - logits.max(-1, keepdims=True))
+        probs = (scores.max(-1) / scores.sum(-1)).astype(np.float32)
+        out = (ids, probs, np.ones(canvas_ids.shape, np.float32))
+        out = out + (logits,) if need_logits else out
+        return out + (inputs,) if keep_canvas else out
+
+    def append_canvas(self, state, canvas, count):
+        return state + canvas[:count]
+
+
+@pytest.mark.parametrize("strategy", ["left_to_right", "speculative"])
+@pytest.mark.parametrize("seed", range(12))
+def test_committed_inputs_join_the_state_and_each_step_sends_only_the_new_ones(strategy, seed):
+    rng = np.random.default_rng(seed)
+    phrase = rng.integers(4, VOCAB, size=5).tolist()
+    context = phrase * 3 + phrase[:2]
+    layout = build_layout([context, []], [16], SPECIALS.file, shift=True)
+    resend = ContextTarget(seed, appends=False, eos_rate=0.05)
+    reference = denoise(resend, layout, SPECIALS, settings("left_to_right", 16))
+    target = ContextTarget(seed, appends=True, eos_rate=0.05)
+    result = denoise(target, layout, SPECIALS, settings(strategy, 16),
+                     drafter=PromptLookup(min_ngram=1))
+    assert result.canvases == reference.canvases
+    if strategy == "left_to_right":  # one new input a step, not the whole canvas again
+        assert set(target.widths) == {1}
+    assert sum(target.widths) <= len(reference.canvases[0]) + result.drafted + 1
