@@ -67,3 +67,20 @@ def test_speculative_is_lossless_on_a_hundred_cursors(engine):
     assert len(cursors) >= 100
     calls, tokens, drafted = check_lossless(engine, cursors)
     assert calls["speculative"] < calls["left_to_right"]
+
+
+def test_appending_committed_tokens_to_the_state_changes_no_answer(engine):
+    """With a decoder that returns its inputs' keys/values, committed tokens join the state
+    instead of being sent again: the same answers as re-sending the whole canvas each call."""
+    if not getattr(engine.denoiser, "appends", False):
+        pytest.skip("this model's decoder does not return its keys/values")
+    resend = Engine(None, Settings(context_cache=False))
+    resend.denoiser.appends = False
+    left = Settings(context_cache=False, strategy="left_to_right")
+    fast = Settings(context_cache=False, strategy="speculative")
+    for text, offset in cursors_from_heldout(1):
+        reference = resend.complete_text(text, offset, "python", settings=left)
+        want = reference.completion.text if reference.completion else None
+        for settings in (left, fast):
+            result = engine.complete_text(text, offset, "python", settings=settings)
+            assert (result.completion.text if result.completion else None) == want
