@@ -1,12 +1,15 @@
 """Which drafts pay: prompt-lookup policies replayed on the target's own greedy tokens.
 
-    python benchmarks/draft_policy.py --count 48 --seed 1 [--cases runs/draft_cases.json]
+    python benchmarks/draft_policy.py --count 48 --seed 1 [--cases runs/draft_cases.json] \
+        [--costs 1:50,2:115,8:165,16:200]
 
 A draft's worth does not depend on the machine: at a cursor the target's greedy continuation
 is fixed, and a check commits the draft's agreeing prefix plus one token. So the continuations
 are decoded once (left to right through the Engine, cached in --cases), and each policy is
 replayed on them without the model: tokens per target call, and drafted tokens sent per call
-(what a longer check costs). Cursors: `dlm_lsp.measure.samples` in standard-library files
+(what a longer check costs); with --costs (one call's milliseconds by the tokens it sends,
+measured on the graphs: benchmarks/graph_calls.py), the modelled milliseconds per token, beside
+left to right's one-token calls. Cursors: `dlm_lsp.measure.samples` in standard-library files
 (tune with a seed other than the bench's 0, then report the bench).
 """
 
@@ -59,10 +62,25 @@ def collect(count: int, seed: int) -> list[dict]:
     return cases
 
 
-def replay(case: dict, lookup: PromptLookup, length: int) -> tuple[int, int]:
-    """(target calls, drafted tokens) to commit the case's tokens with this policy."""
+def call_ms(costs: dict[int, float], width: int) -> float:
+    """One call's modelled time for `width` input tokens: linear between measured widths."""
+    known = sorted(costs)
+    if width <= known[0]:
+        return costs[known[0]]
+    for low, high in zip(known, known[1:]):
+        if width <= high:
+            return costs[low] + (costs[high] - costs[low]) * (width - low) / (high - low)
+    return costs[known[-1]] * width / known[-1]
+
+
+def replay(case: dict, lookup: PromptLookup, length: int,
+           costs: dict[int, float] | None = None) -> tuple[int, int, float]:
+    """(target calls, drafted tokens, modelled ms) to commit the case's tokens with this
+    policy (each call sends the frontier's input and the draft: committed inputs are in the
+    state)."""
     tokens, history = case["tokens"], list(case["context"])
     calls = drafted = done = 0
+    spent = 0.0
     while done < len(tokens):
         room = min(length, len(tokens) - done - 1)
         draft = lookup.draft(history, room) if room > 0 else []
@@ -74,7 +92,8 @@ def replay(case: dict, lookup: PromptLookup, length: int) -> tuple[int, int]:
         done += step
         calls += 1
         drafted += len(draft)
-    return calls, drafted
+        spent += call_ms(costs, 1 + len(draft)) if costs else 0.0
+    return calls, drafted, spent
 
 
 def main() -> int:
@@ -82,7 +101,10 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=48)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cases", type=Path, default=Path("runs/draft_cases.json"))
+    parser.add_argument("--costs", default="",
+                        help="WIDTH:MS,... one call's time by the tokens it sends")
     args = parser.parse_args()
+    costs = {int(w): float(ms) for w, ms in (p.split(":") for p in args.costs.split(",") if p)}
     if args.cases.is_file():
         cases = json.loads(args.cases.read_text())
     else:
@@ -91,29 +113,34 @@ def main() -> int:
         args.cases.write_text(json.dumps(cases))
     tokens = sum(len(c["tokens"]) for c in cases)
     print(f"{len(cases)} cursors, {tokens} greedy tokens (seed {args.seed})")
+    if costs:
+        print(f"left to right, one token a call: {call_ms(costs, 1):.1f} ms per token")
     print("| min n | max n | draft | suffix | tokens/call all | block | statement | line "
-          "| drafted/call |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| drafted/call | ms/token |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for low, high, length, suffix in itertools.product((1, 2, 3), (3, 4, 6), (4, 8, 16),
                                                        (False, True)):
         if low > high:
             continue
         row = {}
         sent = calls_all = 0
+        spent_all = 0.0
         for scope in ("all", "block", "statement", "line"):
             group = [c for c in cases if scope in ("all", c["scope"])]
             calls = drafted = 0
+            spent = 0.0
             for case in group:
                 lookup = PromptLookup(min_ngram=low, max_ngram=high,
                                       source=tuple(case["after"]) if suffix else ())
-                c, d = replay(case, lookup, length)
-                calls, drafted = calls + c, drafted + d
+                c, d, ms = replay(case, lookup, length, costs)
+                calls, drafted, spent = calls + c, drafted + d, spent + ms
             row[scope] = sum(len(c["tokens"]) for c in group) / max(1, calls)
             if scope == "all":
-                sent, calls_all = drafted, calls
+                sent, calls_all, spent_all = drafted, calls, spent
         print(f"| {low} | {high} | {length} | {'yes' if suffix else 'no'} | {row['all']:.2f} "
               f"| {row['block']:.2f} | {row['statement']:.2f} | {row['line']:.2f} "
-              f"| {sent / max(1, calls_all):.1f} |")
+              f"| {sent / max(1, calls_all):.1f} | "
+              f"{spent_all / tokens if costs else float('nan'):.1f} |")
     return 0
 
 
