@@ -201,7 +201,7 @@ def test_the_shipped_fused_graphs_equal_its_q4_graphs():
     compare(card, session(directory / "encoder.q4.onnx"), session(directory / "decoder.q4.onnx"),
             session(directory / "encoder.q4.onnx", fuse_encoder(old_e, card)),
             session(directory / "decoder.q4.onnx", fuse_decoder(old_d, card)),
-            tolerance=2e-2)
+            tolerance=5e-2)  # logits ~20: the head rounds its input to int8 (accuracy level 4)
     level = card.extra.get("export", {}).get("fused", {}).get("accuracy_level")
     shipped = onnx.load(str(directory / "decoder.fused.onnx"), load_external_data=False)
     assert shipped.graph.node == fuse_decoder(old_d, card, level).graph.node
