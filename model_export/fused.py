@@ -260,14 +260,17 @@ def _attention_bias(b: _Builder, key_masks: list[str], queries: str) -> str:
 
 
 def _body(b: _Builder, card, x: str, positions: str, past_keys, past_values,
-          past_length: str, bias: str, causal: bool, accuracy_level: int | None,
+          past_length: str, bias: str, causal: bool, levels: tuple[int | None, int | None],
           last_mlp: bool, max_position: int):
     """The transformer blocks over x (B, T, d) at `positions` (B, T) against the past:
     `past_keys`/`past_values` one (L, B, H, P, D) input each, or per layer (B, H, ≥P+T, D)
     buffers that GroupQueryAttention writes x's keys/values into at P.. (a list of input
     names each; their present outputs are then `present_key_{l}`/`present_value_{l}`);
     `past_length` (1,) int64 is P. Returns (final hidden state or None, per-layer keys,
-    per-layer values), the keys/values (B, H, T, D) of x's own tokens, post-rotary."""
+    per-layer values), the keys/values (B, H, T, D) of x's own tokens, post-rotary.
+    `levels`: MatMulNBits accuracy levels of the attention's and the MLP's matrices (None:
+    as exported)."""
+    attention_level, mlp_level = levels
     source = b.source
     d_model = card.n_heads * card.head_dim
     H, Hkv, D = card.n_heads, card.kv_heads, card.head_dim
@@ -293,7 +296,7 @@ def _body(b: _Builder, card, x: str, positions: str, past_keys, past_values,
                 "SkipSimplifiedLayerNormalization", [pending, residual, attn_norm], 4,
                 domain=MS, epsilon=source.eps)
         sums: dict[str, str] = {}
-        qkv = _q4_matmul(b, normed, qkv_node, sums, accuracy_level)
+        qkv = _q4_matmul(b, normed, qkv_node, sums, attention_level)
         sizes = b.const(np.array([H * D, Hkv * D, Hkv * D], np.int64))
         q, k, v = b.node("Split", [qkv, sizes], 3, axis=-1)
         q = b.one("RotaryEmbedding", [q, positions, cos, sin], domain=MS)
@@ -315,19 +318,23 @@ def _body(b: _Builder, card, x: str, positions: str, past_keys, past_values,
             "GroupQueryAttention",
             [q, k, v, past_k, past_v, seqlens, total32, "", "", "", bias], presents,
             domain=MS, num_heads=H, kv_num_heads=Hkv, causal=int(causal), do_rotary=0)[0]
-        projected = _q4_matmul(b, attended, proj, sums, accuracy_level)
+        projected = _q4_matmul(b, attended, proj, sums, attention_level)
         mlp_norm = b.copy(next(norms))
         normed, _, _, residual = b.node(
             "SkipSimplifiedLayerNormalization", [projected, residual, mlp_norm], 4,
             domain=MS, epsilon=source.eps)
-        gated = _q4_matmul(b, normed, gate, sums, accuracy_level)
+        gated = _q4_matmul(b, normed, gate, sums, mlp_level)
         silu = b.one("Mul", [gated, b.one("Sigmoid", [gated])])
-        hidden = b.one("Mul", [silu, _q4_matmul(b, normed, up, sums, accuracy_level)])
-        pending = _q4_matmul(b, hidden, down, sums, accuracy_level)
+        hidden = b.one("Mul", [silu, _q4_matmul(b, normed, up, sums, mlp_level)])
+        pending = _q4_matmul(b, hidden, down, sums, mlp_level)
     final = b.copy(next(norms))
     out = b.node("SkipSimplifiedLayerNormalization", [pending, residual, final], 1,
                  domain=MS, epsilon=source.eps)[0]
     return out, keys, values
+
+
+def _levels(level: int | None, mlp_level: int | None) -> tuple[int | None, int | None]:
+    return level, level if mlp_level is None else mlp_level
 
 
 def _stack(b: _Builder, per_layer: list[str], output: str) -> None:
@@ -355,12 +362,15 @@ def _dims(info) -> list:
     return [d.dim_param or d.dim_value for d in info.type.tensor_type.shape.dim]
 
 
-def fuse_decoder(old, card, accuracy_level: int | None = None, buffers: bool = False):
+def fuse_decoder(old, card, accuracy_level: int | None = None, buffers: bool = False,
+                 mlp_accuracy_level: int | None = None):
     """The fused decoder (onnx ModelProto) from the exported q4 decoder `old`: the
     contract's inputs, or with `buffers` per-layer key/value buffers instead of `keys` and
     `values` (`past_key_{l}`/`past_value_{l}` (1, H, capacity, D), the first S positions the
     context's, shared with the outputs `present_key_{l}`/`present_value_{l}`: the call
-    writes the canvas's keys/values at S.., and copies no cache)."""
+    writes the canvas's keys/values at S.., and copies no cache). `accuracy_level`: the
+    4-bit matrices' MatMulNBits accuracy level (None: as exported), `mlp_accuracy_level`
+    the MLP's, when it differs."""
     from onnx import TensorProto, helper
 
     source = _Source(old, card.n_layers)
@@ -375,7 +385,8 @@ def fuse_decoder(old, card, accuracy_level: int | None = None, buffers: bool = F
     past_values = [f"past_value_{i}" for i in range(L)] if buffers else values
     hidden, own_keys, own_values = _body(
         b, card, x, positions, past_keys, past_values, _dim(b, context_mask, 1), bias,
-        card.canvas_attention == "causal", accuracy_level, True, card.max_position)
+        card.canvas_attention == "causal", _levels(accuracy_level, mlp_accuracy_level), True,
+        card.max_position)
     if source.head is None:
         raise GraphShapeError("no 8-bit tied head in the decoder")
     head, head_attrs = source.head
@@ -424,7 +435,8 @@ def fuse_decoder(old, card, accuracy_level: int | None = None, buffers: bool = F
     return _model(b, inputs, outputs, old, {modelcard.ROWS_PER_CALL: "1"})
 
 
-def fuse_encoder(old, card, accuracy_level: int | None = None):
+def fuse_encoder(old, card, accuracy_level: int | None = None,
+                 mlp_accuracy_level: int | None = None):
     """The fused causal encoder (onnx ModelProto) from the exported q4 encoder `old`."""
     from onnx import TensorProto, helper
 
@@ -437,7 +449,8 @@ def fuse_encoder(old, card, accuracy_level: int | None = None):
     x = _embed(b, ids)
     bias = _attention_bias(b, [past_mask, mask], ids)
     _, own_keys, own_values = _body(b, card, x, positions, past_keys, past_values,
-                                    _dim(b, past_mask, 1), bias, True, accuracy_level, False,
+                                    _dim(b, past_mask, 1), bias, True,
+                                    _levels(accuracy_level, mlp_accuracy_level), False,
                                     card.max_position)
     _stack(b, own_keys, modelcard.ENCODER_OUTPUTS[0])
     _stack(b, own_values, modelcard.ENCODER_OUTPUTS[1])
@@ -455,19 +468,23 @@ def fuse_encoder(old, card, accuracy_level: int | None = None):
 
 def fuse_graphs(model_dir: Path, encoder: str, decoder: str, out_encoder: str,
                 out_decoder: str, accuracy_level: int | None = None,
+                decoder_mlp_accuracy_level: int | None = None,
                 log: Callable[[str], None] = print) -> dict:
     """Write the fused pair next to the exported q4 pair in `model_dir` (same weights file,
-    unchanged); returns node counts."""
+    unchanged); returns node counts. `accuracy_level` (None: as exported) for both graphs'
+    4-bit matrices, `decoder_mlp_accuracy_level` for the decoder's MLP matrices when it
+    differs (the decoder's calls are small and its MLP two thirds of the weights; prefill
+    and the context's keys/values keep the encoder's level)."""
     import onnx
 
     from dlm_lsp.modelcard import load_card
 
     card = load_card(model_dir)
     report = {}
-    for src, dst, fuse in ((encoder, out_encoder, fuse_encoder),
-                           (decoder, out_decoder, fuse_decoder)):
+    for src, dst, fuse, mlp in ((encoder, out_encoder, fuse_encoder, None),
+                                (decoder, out_decoder, fuse_decoder, decoder_mlp_accuracy_level)):
         old = onnx.load(str(model_dir / src), load_external_data=False)
-        new = fuse(old, card, accuracy_level)
+        new = fuse(old, card, accuracy_level, mlp_accuracy_level=mlp)
         onnx.save(new, str(model_dir / dst))
         report[dst] = {"nodes_before": len(old.graph.node), "nodes_after": len(new.graph.node)}
         log(f"{src} → {dst}: {len(old.graph.node)} → {len(new.graph.node)} nodes")
@@ -482,6 +499,8 @@ def add_fuse_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-decoder", default="decoder.fused.onnx")
     p.add_argument("--accuracy-level", type=int, default=None, choices=[0, 1, 2, 3, 4],
                    help="MatMulNBits accuracy level of the 4-bit matrices (default: as exported)")
+    p.add_argument("--decoder-mlp-accuracy-level", type=int, default=None, choices=[0, 1, 2, 3, 4],
+                   help="the decoder's gate/up/down matrices' level, when it differs")
     p.add_argument("--ship", action="store_true",
                    help="make the fused pair the card's CPU graphs (graphs.cpu in model.json)")
 
@@ -500,10 +519,10 @@ def ship(model_dir: Path, encoder: str, decoder: str, note: dict | None = None) 
 def main_from_args(args) -> int:
     model_dir = Path(args.model_dir)
     report = fuse_graphs(model_dir, args.encoder, args.decoder, args.out_encoder,
-                         args.out_decoder, args.accuracy_level)
+                         args.out_decoder, args.accuracy_level, args.decoder_mlp_accuracy_level)
     if args.ship:
         ship(model_dir, args.out_encoder, args.out_decoder,
              {"from": [args.encoder, args.decoder], "accuracy_level": args.accuracy_level,
-              "nodes": report})
+              "decoder_mlp_accuracy_level": args.decoder_mlp_accuracy_level, "nodes": report})
     print(json.dumps(report))
     return 0

@@ -202,6 +202,29 @@ def test_the_shipped_fused_graphs_equal_its_q4_graphs():
             session(directory / "encoder.q4.onnx", fuse_encoder(old_e, card)),
             session(directory / "decoder.q4.onnx", fuse_decoder(old_d, card)),
             tolerance=5e-2)  # logits ~20: the head rounds its input to int8 (accuracy level 4)
-    level = card.extra.get("export", {}).get("fused", {}).get("accuracy_level")
+    note = card.extra.get("export", {}).get("fused", {})
     shipped = onnx.load(str(directory / "decoder.fused.onnx"), load_external_data=False)
-    assert shipped.graph.node == fuse_decoder(old_d, card, level).graph.node
+    rebuilt = fuse_decoder(old_d, card, note.get("accuracy_level"),
+                           mlp_accuracy_level=note.get("decoder_mlp_accuracy_level"))
+    assert shipped.graph.node == rebuilt.graph.node
+
+
+@pytest.mark.slow
+def test_a_q4_export_of_a_causal_model_ships_the_fused_graphs(tiny_checkpoint, tiny_corpus,
+                                                              tiny_tokenizer, tmp_path):
+    import argparse
+
+    from model_export.export import add_export_arguments, export_model_dir
+
+    parser = argparse.ArgumentParser()
+    add_export_arguments(parser)
+    out = tmp_path / "model"
+    report = export_model_dir(parser.parse_args([
+        "--checkpoint", str(tiny_checkpoint), "--tokenizer", str(tiny_tokenizer), "--corpus",
+        str(tiny_corpus), "--out", str(out), "--em-examples", "0", "--threads", "1",
+        "--cpu-variant", "q4", "--no-fp16", "--repeats", "1"]))
+    card = load_card(out)
+    assert card.graphs["cpu"].decoder == "decoder.fused.onnx"
+    assert card.extra["export"]["fused"] == report["fused"]
+    compare(card, session(out / "encoder.q4.onnx"), session(out / "decoder.q4.onnx"),
+            session(out / "encoder.fused.onnx"), session(out / "decoder.fused.onnx"))
