@@ -153,7 +153,8 @@ def _layer_matrices(source: _Source, d_model: int):
             layers.append(group + [None] * 4)
             break
         if attrs[1]["N"] != d_model or attrs[4]["N"] != d_model or attrs[2]["N"] != attrs[3]["N"]:
-            raise GraphShapeError(f"layer {index // 5}: matrices not in qkv/proj/gate/up/down order")
+            raise GraphShapeError(f"layer {index // 5}: matrices not in qkv, proj, gate, up, "
+                                  "down order")
         layers.append(group)
     return layers
 
@@ -358,10 +359,6 @@ def _model(b: _Builder, inputs, outputs, opset_from, props: dict[str, str] | Non
     return model
 
 
-def _dims(info) -> list:
-    return [d.dim_param or d.dim_value for d in info.type.tensor_type.shape.dim]
-
-
 def fuse_decoder(old, card, accuracy_level: int | None = None, buffers: bool = False,
                  mlp_accuracy_level: int | None = None):
     """The fused decoder (onnx ModelProto) from the exported q4 decoder `old`: the
@@ -375,7 +372,6 @@ def fuse_decoder(old, card, accuracy_level: int | None = None, buffers: bool = F
 
     source = _Source(old, card.n_layers)
     b = _Builder(source)
-    old_inputs = {i.name: i for i in old.graph.input}
     ids, positions, keys, values, context_mask = modelcard.DECODER_INPUTS
     canvas_mask = modelcard.CANVAS_MASK
     x = _embed(b, ids)
@@ -389,10 +385,8 @@ def fuse_decoder(old, card, accuracy_level: int | None = None, buffers: bool = F
         card.max_position)
     if source.head is None:
         raise GraphShapeError("no 8-bit tied head in the decoder")
-    head, head_attrs = source.head
-    from onnx import helper as h
-
-    attrs = {a.name: h.get_attribute_value(a) for a in head.attribute}
+    head, _ = source.head
+    attrs = {a.name: helper.get_attribute_value(a) for a in head.attribute}
     logits = b.one("MatMulNBits", [hidden, *(b.copy(n) for n in head.input[1:4])], domain=MS,
                    **attrs)
     banned = b.copy("banned_bias")
@@ -414,7 +408,6 @@ def fuse_decoder(old, card, accuracy_level: int | None = None, buffers: bool = F
               helper.make_tensor_value_info(context_mask, i64, ["batch", "context"]),
               helper.make_tensor_value_info(canvas_mask, TensorProto.BOOL,
                                             ["batch", "canvas"])]
-    del old_inputs
     presents = []
     if buffers:
         inputs = [i for i in inputs if i.name not in (keys, values)]

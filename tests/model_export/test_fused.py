@@ -60,7 +60,8 @@ def compare(card, old_encoder, old_decoder, new_encoder, new_decoder, tolerance=
         close(a[:, 1, :, :25], b[:, 1, :, :25], tolerance)
     keys, values = (a[:, :1] for a in old_kv)
     extend = {"input_ids": ids[:1, 30:], "position_ids": positions[:1, 30:],
-              "attention_mask": mask[:1, 30:], "past_keys": np.ascontiguousarray(keys[:, :, :, :30]),
+              "attention_mask": mask[:1, 30:],
+              "past_keys": np.ascontiguousarray(keys[:, :, :, :30]),
               "past_values": np.ascontiguousarray(values[:, :, :, :30]),
               "past_mask": np.ones((1, 30), np.int64)}
     for a, b, whole in zip(old_encoder.run(None, extend), new_encoder.run(None, extend),
@@ -228,3 +229,45 @@ def test_a_q4_export_of_a_causal_model_ships_the_fused_graphs(tiny_checkpoint, t
     assert card.extra["export"]["fused"] == report["fused"]
     compare(card, session(out / "encoder.q4.onnx"), session(out / "decoder.q4.onnx"),
             session(out / "encoder.fused.onnx"), session(out / "decoder.fused.onnx"))
+
+
+def test_a_buffer_decoder_writes_the_canvas_into_the_context_buffers(ar_dir):
+    """`fuse_decoder(..., buffers=True)`: per-layer key/value buffers bound as both past and
+    present (nothing copied per call) give the contract decoder's outputs, and the call leaves
+    the canvas's own keys/values in the buffers after the context's."""
+    card = load_card(ar_dir)
+    old_d = onnx.load(str(ar_dir / "decoder.onnx"), load_external_data=False)
+    plain = session(ar_dir / "decoder.fused.onnx")
+    buffered = session(ar_dir / "decoder.onnx", fuse_decoder(old_d, card, buffers=True))
+    encoder = session(ar_dir / "encoder.fused.onnx")
+    rng = np.random.default_rng(2)
+    S, C, extra = 19, 5, 8
+    ids = rng.integers(4, card.vocab_size, (1, S))
+    keys, values = encoder.run(None, {"input_ids": ids, "position_ids": np.arange(S)[None],
+                                      "attention_mask": np.ones((1, S), np.int64),
+                                      **empty_past(1, card)})
+    shape = (card.n_layers, 1, card.kv_heads, S + extra, card.head_dim)
+    key_buffer, value_buffer = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    key_buffer[:, :, :, :S], value_buffer[:, :, :, :S] = keys, values
+    feeds = {"canvas_ids": rng.integers(4, card.vocab_size, (1, C)),
+             "canvas_position_ids": np.arange(S - 1, S - 1 + C)[None],
+             "context_mask": np.ones((1, S), np.int64), "canvas_mask": np.ones((1, C), bool)}
+    binding = buffered.io_binding()
+    for name, value in feeds.items():
+        binding.bind_cpu_input(name, value)
+    for name in OUTPUTS[:2]:
+        binding.bind_output(name, "cpu")
+    for layer in range(card.n_layers):
+        for kind, buffer in (("key", key_buffer), ("value", value_buffer)):
+            value = ort.OrtValue.ortvalue_from_numpy(buffer[layer])  # a view: shared memory
+            binding.bind_ortvalue_input(f"past_{kind}_{layer}", value)
+            binding.bind_ortvalue_output(f"present_{kind}_{layer}", value)
+    buffered.run_with_iobinding(binding)
+    got = binding.copy_outputs_to_cpu()
+    want = plain.run(OUTPUTS[:2] + ["canvas_keys", "canvas_values"],
+                     {**feeds, "keys": keys, "values": values})
+    assert (got[0] == want[0]).all()
+    close(got[1], want[1], 1e-5)
+    close(key_buffer[:, :, :, S : S + C], want[2], 1e-5)
+    close(value_buffer[:, :, :, S : S + C], want[3], 1e-5)
+    assert (key_buffer[:, :, :, :S] == keys).all()
