@@ -10,6 +10,11 @@ A causal model (format 2) can extend an encoded context: `extend` encodes only t
 tokens from the first one that differs, against the keys/values of those before it (the
 engine keeps one such state per document). `encode_batch` and `denoise_step_batch` run several
 requests in one call, contexts and canvases right-padded under masks.
+
+A fused decoder (model_export/fused.py: GroupQueryAttention, which takes several new tokens on
+a past only at batch 1) says so in its metadata (`ROWS_PER_CALL`): its batches run row by
+row. It also returns its inputs' own keys/values on request, so a step can append the canvas
+tokens it committed to the context (`append_canvas`) instead of re-sending them every step.
 """
 
 from __future__ import annotations
