@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -21,15 +22,23 @@ from tests.causal_model import build_exported_model
 OUTPUTS = ["pred_ids", "pred_prob", "canvas_prob", "logits"]
 
 
-def session(path, model=None):
+SHIPPED_Q4 = Path(__file__).parent.parent / "data" / "shipped_q4"  # outside the package
+
+
+def session(path, model=None, weights_dir=None):
+    """A session of the graph at `path`, or of `model` (in memory) reading its external data
+    beside `path`, or of `path` reading it from `weights_dir`."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
-    source = str(path) if model is None else model.SerializeToString()
-    if model is not None:  # an in-memory graph reads its external data from the card's dir
-        options.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                         str(path.parent))
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    if model is None and weights_dir is None:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if model is None:
+        model = onnx.load(str(path), load_external_data=False)
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                     str(weights_dir or path.parent))
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
 
 
 def empty_past(batch, card):
@@ -197,11 +206,11 @@ def test_the_shipped_fused_graphs_equal_its_q4_graphs():
     card = load_card(directory)
     if card.graphs["cpu"].decoder != "decoder.fused.onnx":
         pytest.skip("the shipped model's CPU graphs are not the fused pair")
-    old_e = onnx.load(str(directory / "encoder.q4.onnx"), load_external_data=False)
-    old_d = onnx.load(str(directory / "decoder.q4.onnx"), load_external_data=False)
-    compare(card, session(directory / "encoder.q4.onnx"), session(directory / "decoder.q4.onnx"),
-            session(directory / "encoder.q4.onnx", fuse_encoder(old_e, card)),
-            session(directory / "decoder.q4.onnx", fuse_decoder(old_d, card)),
+    old_e = onnx.load(str(SHIPPED_Q4 / "encoder.q4.onnx"), load_external_data=False)
+    old_d = onnx.load(str(SHIPPED_Q4 / "decoder.q4.onnx"), load_external_data=False)
+    shipped = directory / "weights.bin"
+    compare(card, session(None, old_e, directory), session(None, old_d, directory),
+            session(shipped, fuse_encoder(old_e, card)), session(shipped, fuse_decoder(old_d, card)),
             tolerance=5e-2)  # logits ~20: the head rounds its input to int8 (accuracy level 4)
     note = card.extra.get("export", {}).get("fused", {})
     shipped = onnx.load(str(directory / "decoder.fused.onnx"), load_external_data=False)
