@@ -146,8 +146,19 @@ class DocumentDenoiser:
             int(getattr(state, "nbytes", 0))))
         return state
 
-    def denoise_step(self, state, canvas_ids, canvas_positions, need_logits: bool = False):
-        if need_logits:
-            return self.runtime.denoise_step(state, canvas_ids, canvas_positions,
-                                             need_logits=True)
-        return self.runtime.denoise_step(state, canvas_ids, canvas_positions)
+    @property
+    def appends(self) -> bool:
+        """Whether committed canvas tokens can join the context without an encoder call."""
+        return bool(getattr(self.runtime, "appends", False))
+
+    def denoise_step(self, state, canvas_ids, canvas_positions, need_logits: bool = False,
+                     keep_canvas: bool = False):
+        extra = {"need_logits": True} if need_logits else {}
+        if keep_canvas:
+            extra["keep_canvas"] = True
+        return self.runtime.denoise_step(state, canvas_ids, canvas_positions, **extra)
+
+    def append_canvas(self, state, canvas, count: int):
+        """The runtime's `append_canvas`: this request's state, not the document's cached
+        one (the cache holds the document's text, not a request's canvas)."""
+        return self.runtime.append_canvas(state, canvas, count)

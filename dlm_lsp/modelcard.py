@@ -48,6 +48,12 @@ DECODER_INPUTS = ("canvas_ids", "canvas_position_ids", "keys", "values", "contex
 CANVAS_MASK = "canvas_mask"  # format 2 decoders: which canvas positions of a batch are real
 DECODER_OUTPUTS = ("pred_ids", "pred_prob", "canvas_prob")
 LOGITS = "logits"  # the decoder's extra output, for evaluation
+# a fused decoder's optional outputs (model_export/fused.py): its inputs' own keys/values
+# (L,B,H,C,D), so committed canvas tokens can join the context without an encoder call
+CANVAS_KEYS, CANVAS_VALUES = "canvas_keys", "canvas_values"
+# decoder metadata: "1" when the graph takes one request per call (GroupQueryAttention
+# takes several new tokens on a past only at batch 1); a batch then runs row by row
+ROWS_PER_CALL = "dlm.rows_per_call"
 
 DEFAULT_CANVAS_BUCKETS = (16, 32, 64, 128)  # what training cuts canvases to unless told
 

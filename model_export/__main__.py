@@ -74,6 +74,12 @@ def cmd_import(args) -> int:
     return main_from_args(args)
 
 
+def cmd_fuse(args) -> int:
+    from .fused import main_from_args
+
+    return main_from_args(args)
+
+
 def cmd_verify(args) -> int:
     from .export import verify_from_args
 
@@ -154,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "variant and write model.json.")
     add_export_arguments(p)
     p.set_defaults(func=cmd_export)
+
+    from .fused import add_fuse_arguments
+
+    p = sub.add_parser("fuse", help="rebuild a directory's q4 graphs in ONNX Runtime's fused shape",
+                       description="Rebuild the exported q4 encoder/decoder with ONNX Runtime's "
+                       "fused LLaMA kernels (GroupQueryAttention, RotaryEmbedding, "
+                       "SkipSimplifiedLayerNormalization) over the same tensors of the same "
+                       "weights file (unchanged); --ship makes them the card's CPU graphs.")
+    add_fuse_arguments(p)
+    p.set_defaults(func=cmd_fuse)
 
     p = sub.add_parser("verify", help="check a model directory: card, parity, timings",
                        description="Load model.json with the runtime's loader, run both graphs "

@@ -472,6 +472,14 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    "dot products)")
     p.add_argument("--head-accuracy-level", type=int, default=4, choices=[0, 1, 2, 3, 4],
                    help="q4: the same for the 8-bit tied head (4: int8, ~200x faster here)")
+    p.add_argument("--no-fuse", action="store_true",
+                   help="q4, causal context: keep the exported graphs as the card's CPU graphs "
+                   "instead of their fused rebuild (model_export.fused)")
+    p.add_argument("--decoder-mlp-accuracy-level", type=int, default=None,
+                   choices=[0, 1, 2, 3, 4],
+                   help="fused: the decoder's MLP matrices' level (default: --accuracy-level; "
+                   "4 measured on the shipped model: faster, below 0.97 argmax agreement with "
+                   "float32, see benchmarks/README.md)")
     p.add_argument("--strategy", choices=STRATEGIES, default=None,
                    help="the card's sampler strategy (default: speculative for a shifted model "
                    "with a causal canvas, an AR model, else parallel)")
@@ -697,6 +705,16 @@ def export_model_dir(args) -> dict:
         },
     )
     (out / "model.json").write_text(json.dumps(card.to_json(), indent=2) + "\n")
+    if cpu == "q4" and cfg.causal and not args.no_fuse:
+        from .fused import fuse_graphs, ship
+
+        encoder, decoder = graphs["cpu"].encoder, graphs["cpu"].decoder
+        nodes = fuse_graphs(out, encoder, decoder, "encoder.fused.onnx", "decoder.fused.onnx",
+                            None, args.decoder_mlp_accuracy_level)
+        report["fused"] = {"from": [encoder, decoder], "accuracy_level": None,
+                           "decoder_mlp_accuracy_level": args.decoder_mlp_accuracy_level,
+                           "nodes": nodes}
+        ship(out, "encoder.fused.onnx", "decoder.fused.onnx", report["fused"])
     load_card(out)  # the runtime's own validation
     sizes = {p.name: p.stat().st_size for p in out.iterdir() if p.is_file()}
     print("wrote", out, json.dumps(sizes))

@@ -21,7 +21,8 @@ _BUILT: dict[tuple, Path] = {}
 def build_exported_model(directory: str | Path, *, context_attention: str = "causal",
                          seed: int = 0, max_context: int = 512, sharpness: float = 1.0,
                          shift: bool = False, canvas_attention: str = "bidirectional",
-                         n_kv_heads: int = 0, reads_suffix: bool = True) -> Path:
+                         n_kv_heads: int = 0, reads_suffix: bool = True,
+                         quantized: bool = False, fused: bool = False) -> Path:
     """Write the model directory (replacing `directory`) and return its path.
 
     `shift`, `canvas_attention`, `n_kv_heads` and `reads_suffix` make it shaped like an
@@ -31,10 +32,16 @@ def build_exported_model(directory: str | Path, *, context_attention: str = "cau
     `sharpness` scales every weight: at 1 (an untrained model's initialisation) predictions are
     nearly uniform and hardly depend on the context; larger, attention and predictions turn
     peaked, so what the model writes follows the context's tokens (what a differential test
-    of the context cache needs)."""
+    of the context cache needs).
+
+    `quantized`: the graphs block-quantized as the shipped model's are (`quantize_graph`,
+    the weights first rounded onto ggml's grids, so the 4-bit graphs compute the model's own
+    numbers); `fused` (causal context only): then rebuilt in the fused shape
+    (`model_export.fused`), which the card names as its CPU graphs, the q4 pair kept
+    beside them."""
     directory = Path(directory)
     key = (context_attention, seed, max_context, sharpness, shift, canvas_attention, n_kv_heads,
-           reads_suffix)
+           reads_suffix, quantized, fused)
     built = _BUILT.get(key)
     if built is not None and built != directory and (built / "model.json").is_file():
         if directory.exists():
@@ -64,7 +71,20 @@ def build_exported_model(directory: str | Path, *, context_attention: str = "cau
         with torch.no_grad():
             for parameter in model.parameters():
                 parameter.mul_(sharpness)
+    if quantized or fused:
+        from tests.model_export.test_quantize import on_ggml_grids
+
+        on_ggml_grids(model)
     encoder, decoder = export_graphs(model, specials, directory)
+    if quantized or fused:
+        import onnx
+
+        from model_export.quantize import quantize_graph
+
+        for path in (encoder, decoder):
+            graph = onnx.load(str(path))
+            quantize_graph(graph, cfg.d_model, cfg.vocab_size)
+            onnx.save(graph, str(path))
     share_weights([encoder, decoder], directory / WEIGHTS_FILE, np.float16)
     card = ModelCard(
         name=f"tiny-{context_attention}", version="0", vocab_size=cfg.vocab_size,
@@ -79,5 +99,11 @@ def build_exported_model(directory: str | Path, *, context_attention: str = "cau
     import json
 
     (directory / "model.json").write_text(json.dumps(card.to_json(), indent=2) + "\n")
+    if fused:
+        from model_export.fused import fuse_graphs, ship
+
+        fuse_graphs(directory, encoder.name, decoder.name, "encoder.fused.onnx",
+                    "decoder.fused.onnx", log=lambda _: None)
+        ship(directory, "encoder.fused.onnx", "decoder.fused.onnx")
     _BUILT[key] = directory
     return directory

@@ -10,6 +10,11 @@ A causal model (format 2) can extend an encoded context: `extend` encodes only t
 tokens from the first one that differs, against the keys/values of those before it (the
 engine keeps one such state per document). `encode_batch` and `denoise_step_batch` run several
 requests in one call, contexts and canvases right-padded under masks.
+
+A fused decoder (model_export/fused.py: GroupQueryAttention, which takes several new tokens on
+a past only at batch 1) says so in its metadata (`ROWS_PER_CALL`): its batches run row by
+row. It also returns its inputs' own keys/values on request, so a step can append the canvas
+tokens it committed to the context (`append_canvas`) instead of re-sending them every step.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from typing import Any
 import numpy as np
 
 from ..layout import Layout, decoder_masks, pad_contexts
-from ..modelcard import (CANVAS_MASK, DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUTS,
-                         ENCODER_OUTPUTS, LOGITS, PAST_INPUTS, GraphFiles, ModelCard, ModelError)
+from ..modelcard import (CANVAS_KEYS, CANVAS_MASK, CANVAS_VALUES, DECODER_INPUTS,
+                         DECODER_OUTPUTS, ENCODER_INPUTS, ENCODER_OUTPUTS, LOGITS, PAST_INPUTS,
+                         ROWS_PER_CALL, GraphFiles, ModelCard, ModelError)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +68,27 @@ def _cuda_driver_present() -> bool:
         return os.name == "nt"  # Windows: let ORT try
 
 
+_shared_arena = False  # whether this process's ONNX Runtime environment has one CPU arena
+
+
+def _share_cpu_arena(ort: Any) -> bool:
+    """Register one CPU arena allocator with the process's ONNX Runtime environment (once),
+    for sessions that set `session.use_env_allocators`: the encoder and the decoder then
+    grow one arena instead of two (RSS after a decoder call at 512 context tokens, measured:
+    −46 MB)."""
+    global _shared_arena
+    if not _shared_arena:
+        try:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0,
+                                     ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, None)
+        except Exception as exc:  # an older onnxruntime: each session keeps its own
+            log.info("no shared CPU arena: %s", exc)
+            return False
+        _shared_arena = True
+    return True
+
+
 @dataclass(frozen=True)
 class ContextState:
     """Encoded contexts: keys/values (L, B, H, S, D) and the context mask (B, S) int64.
@@ -87,6 +114,19 @@ class ContextState:
             return self.keys.nbytes + self.values.nbytes
         width = 2 if self.keys.data_type() == "tensor(float16)" else 4
         return 2 * width * int(np.prod(self.keys.shape()))
+
+
+@dataclass(frozen=True)
+class CanvasKeys:
+    """One decoder call's own keys/values (L, 1, H, C, D), numpy: its C canvas inputs as
+    context tokens, for `OnnxDenoiser.append_canvas`."""
+
+    keys: np.ndarray
+    values: np.ndarray
+
+    @property
+    def length(self) -> int:
+        return int(self.keys.shape[3])
 
 
 class OnnxDenoiser:
@@ -123,6 +163,11 @@ class OnnxDenoiser:
         encoder_inputs = {i.name: i for i in self.encoder.get_inputs()}
         self._takes_past = set(PAST_INPUTS) <= set(encoder_inputs)
         self._pads_canvas = CANVAS_MASK in {i.name for i in self.decoder.get_inputs()}
+        decoder_outputs = {o.name for o in self.decoder.get_outputs()}
+        # a fused decoder returns its inputs' keys/values on request (`append_canvas`)
+        self.appends = {CANVAS_KEYS, CANVAS_VALUES} <= decoder_outputs and self.card.causal
+        meta = self.decoder.get_modelmeta().custom_metadata_map
+        self._one_row = meta.get(ROWS_PER_CALL) == "1"  # a batch runs row by row
         self._kv_dtype = np.float16 if self.graphs.dtype == "float16" else np.float32
         self._kv_shape = (card.n_layers, card.kv_heads, card.head_dim)
         log.info(
@@ -145,6 +190,8 @@ class OnnxDenoiser:
         options.log_severity_level = 3  # ORT's own warnings go to stderr only when severe
         if providers[0] == "CUDAExecutionProvider":
             providers = providers + ["CPUExecutionProvider"]
+        elif _share_cpu_arena(ort):
+            options.add_session_config_entry("session.use_env_allocators", "1")
         self.graphs = graphs
         sessions = []
         for name in (graphs.encoder, graphs.decoder):
@@ -245,12 +292,37 @@ class OnnxDenoiser:
 
     def denoise_step(
         self, state: object, canvas_ids: np.ndarray, canvas_positions: np.ndarray,
-        need_logits: bool = False,
-    ) -> tuple[np.ndarray, ...]:
+        need_logits: bool = False, keep_canvas: bool = False,
+    ) -> tuple[Any, ...]:
         """One decoder call; only the per-position argmax and probabilities come back, and
-        the full logits when asked (a few steps per request at most)."""
+        the full logits when asked (a few steps per request at most). With `keep_canvas`
+        (needs `appends`), a `CanvasKeys` of the call's inputs comes last, for
+        `append_canvas`."""
         assert isinstance(state, ContextState)
-        return self._run_decoder(state, canvas_ids, canvas_positions, None, need_logits)
+        if keep_canvas and not self.appends:
+            raise ValueError("this decoder does not return its keys/values: no append_canvas")
+        return self._run_decoder(state, canvas_ids, canvas_positions, None, need_logits,
+                                 keep_canvas)
+
+    def append_canvas(self, state: ContextState, canvas: CanvasKeys, count: int
+                      ) -> ContextState:
+        """`state` (one request) extended by the first `count` inputs of the decoder call
+        that returned `canvas`, as context tokens the next calls attend to — no encoder
+        call: a causal model's keys/values of those inputs are the ones an encoder would
+        compute for them (they attended to the same context and to the inputs before them).
+        A shifted layout's anchor stays hidden in the context: the canvas's first input is
+        its visible copy. The next call sends the inputs from `count` on. `state` is left as
+        it was."""
+        count = max(0, min(count, canvas.length))
+        if count == 0:
+            return state
+        keys = np.concatenate([self._host(state.keys), canvas.keys[:, :, :, :count]], axis=3)
+        values = np.concatenate([self._host(state.values), canvas.values[:, :, :, :count]],
+                                axis=3)
+        mask = np.concatenate([state.context_mask,
+                               np.ones((state.context_mask.shape[0], count), np.int64)], axis=1)
+        return ContextState(keys=self._device_value(keys), values=self._device_value(values),
+                            context_mask=mask)
 
     def denoise_step_batch(
         self, state: ContextState, canvas_ids: np.ndarray, canvas_positions: np.ndarray,
@@ -258,9 +330,12 @@ class OnnxDenoiser:
     ) -> tuple[np.ndarray, ...]:
         """One decoder call for a batch (B, C) of canvases against `encode_batch`'s state;
         `canvas_mask` (B, C) marks real canvas positions (outputs at the others mean
-        nothing). A format-1 decoder cannot pad canvases: padded rows then run one by one."""
+        nothing). A format-1 decoder cannot pad canvases: padded rows then run one by one;
+        so does every batch of a fused decoder (`ROWS_PER_CALL`), each row on its own
+        context without its padding."""
         canvas_mask = np.asarray(canvas_mask, dtype=bool)
-        if self._pads_canvas or canvas_mask.all():
+        one_call = not self._one_row or canvas_mask.shape[0] == 1
+        if one_call and (self._pads_canvas or canvas_mask.all()):
             return self._run_decoder(state, canvas_ids, canvas_positions, canvas_mask,
                                      need_logits)
         outputs = [np.zeros(canvas_mask.shape, np.int64), np.zeros(canvas_mask.shape, np.float32),
@@ -272,10 +347,14 @@ class OnnxDenoiser:
             real = np.flatnonzero(canvas_mask[row])
             if real.size == 0:  # a finished request riding along in the sampler's batch
                 continue
+            # the context up to its last visible token: the padding (and a hidden anchor
+            # after it) is masked anyway
+            seen = np.flatnonzero(state.context_mask[row])
+            end = int(seen[-1]) + 1 if seen.size else state.length
             alone = ContextState(
-                keys=self._device_value(np.ascontiguousarray(keys[:, row : row + 1])),
-                values=self._device_value(np.ascontiguousarray(values[:, row : row + 1])),
-                context_mask=state.context_mask[row : row + 1])
+                keys=self._device_value(np.ascontiguousarray(keys[:, row : row + 1, :, :end])),
+                values=self._device_value(np.ascontiguousarray(values[:, row : row + 1, :, :end])),
+                context_mask=state.context_mask[row : row + 1, :end])
             got = self._run_decoder(alone, canvas_ids[row : row + 1, real],
                                     canvas_positions[row : row + 1, real], None, need_logits)
             for out, value in zip(outputs, got):
@@ -283,7 +362,7 @@ class OnnxDenoiser:
         return tuple(outputs)
 
     def _run_decoder(self, state: ContextState, canvas_ids, canvas_positions, canvas_mask,
-                     need_logits: bool) -> tuple[np.ndarray, ...]:
+                     need_logits: bool, keep_canvas: bool = False) -> tuple[Any, ...]:
         binding = self.decoder.io_binding()
         canvas_ids = np.ascontiguousarray(canvas_ids, dtype=np.int64)
         feeds = (canvas_ids, np.ascontiguousarray(canvas_positions, dtype=np.int64),
@@ -297,11 +376,16 @@ class OnnxDenoiser:
             if canvas_mask is None:
                 canvas_mask = np.ones(canvas_ids.shape, bool)
             binding.bind_cpu_input(CANVAS_MASK, np.ascontiguousarray(canvas_mask, dtype=bool))
-        names = DECODER_OUTPUTS + ((LOGITS,) if need_logits else ())
+        names = (DECODER_OUTPUTS + ((LOGITS,) if need_logits else ())
+                 + ((CANVAS_KEYS, CANVAS_VALUES) if keep_canvas else ()))
         for name in names:
             binding.bind_output(name, "cpu")
         self.decoder.run_with_iobinding(binding)
         outputs = binding.copy_outputs_to_cpu()
         pred_ids, pred_prob, canvas_prob = outputs[:3]
         result = (pred_ids, pred_prob.astype(np.float32), canvas_prob.astype(np.float32))
-        return result + (outputs[3],) if need_logits else result
+        if need_logits:
+            result += (outputs[3],)
+        if keep_canvas:
+            result += (CanvasKeys(keys=outputs[-2], values=outputs[-1]),)
+        return result
