@@ -115,13 +115,11 @@ def main() -> int:
     print(f"{len(cases)} cursors, {tokens} greedy tokens (seed {args.seed})")
     if costs:
         print(f"left to right, one token a call: {call_ms(costs, 1):.1f} ms per token")
-    print("| min n | max n | draft | suffix | tokens/call all | block | statement | line "
+    print("| min n | max n | draft | reach | suffix | tokens/call all | block | statement | line "
           "| drafted/call | ms/token |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for low, high, length, suffix in itertools.product((1, 2, 3), (3, 4, 6), (4, 8, 16),
-                                                       (False, True)):
-        if low > high:
-            continue
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for low, high, length, reach, suffix in itertools.product((1, 2, 3), (4, 8), (4, 8, 16),
+                                                              (0, 1, 2), (False, True)):
         row = {}
         sent = calls_all = 0
         spent_all = 0.0
@@ -130,14 +128,15 @@ def main() -> int:
             calls = drafted = 0
             spent = 0.0
             for case in group:
-                lookup = PromptLookup(min_ngram=low, max_ngram=high,
+                lookup = PromptLookup(min_ngram=low, max_ngram=high, reach=reach,
                                       source=tuple(case["after"]) if suffix else ())
                 c, d, ms = replay(case, lookup, length, costs)
                 calls, drafted, spent = calls + c, drafted + d, spent + ms
             row[scope] = sum(len(c["tokens"]) for c in group) / max(1, calls)
             if scope == "all":
                 sent, calls_all, spent_all = drafted, calls, spent
-        print(f"| {low} | {high} | {length} | {'yes' if suffix else 'no'} | {row['all']:.2f} "
+        print(f"| {low} | {high} | {length} | {reach} | {'yes' if suffix else 'no'} "
+              f"| {row['all']:.2f} "
               f"| {row['block']:.2f} | {row['statement']:.2f} | {row['line']:.2f} "
               f"| {sent / max(1, calls_all):.1f} | "
               f"{spent_all / tokens if costs else float('nan'):.1f} |")

@@ -49,6 +49,9 @@ class PromptLookup:
     min_ngram: int = 2
     window: int = 4096  # how far back to look, in tokens (bounds the work per step)
     source: tuple[int, ...] = ()
+    # > 0: a draft at most `reach` tokens per matched token (a longer match stays right for
+    # longer, and every drafted token makes the check call dearer); 0: `length` always
+    reach: int = 0
 
     def draft(self, history: Sequence[int], length: int) -> list[int]:
         if length <= 0:
@@ -58,16 +61,17 @@ class PromptLookup:
         n_tokens = len(tokens)
         for n in range(min(self.max_ngram, n_tokens - 1), self.min_ngram - 1, -1):
             tail = tokens[n_tokens - n :]
+            count = min(length, self.reach * n) if self.reach else length
             # every earlier n-gram equal to the tail (not the tail itself); the latest is the
             # nearest, most relevant
             candidates = _matches(tokens, tail, n_tokens - n)
             if candidates.size:
                 start = int(candidates[-1]) + n
-                return tokens[start : start + length].tolist()
+                return tokens[start : start + count].tolist()
             candidates = _matches(source, tail, len(source) - n)
             if candidates.size:
                 start = int(candidates[0]) + n
-                return source[start : start + length].tolist()
+                return source[start : start + count].tolist()
         return []
 
 

@@ -262,3 +262,11 @@ def test_committed_inputs_join_the_state_and_each_step_sends_only_the_new_ones(s
     if strategy == "left_to_right":  # one new input a step, not the whole canvas again
         assert set(target.widths) == {1}
     assert sum(target.widths) <= len(reference.canvases[0]) + result.drafted + 1
+
+
+def test_a_draft_reaches_as_far_as_its_match_is_long():
+    history = [5, 6, 7, 8, 9, 10, 11, 5, 6, 7]
+    assert PromptLookup(max_ngram=3, reach=1).draft(history, 8) == [8, 9, 10]
+    assert PromptLookup(max_ngram=3, reach=2).draft(history, 8) == [8, 9, 10, 11, 5, 6]
+    assert PromptLookup(max_ngram=3, reach=2).draft(history, 4) == [8, 9, 10, 11]
+    assert PromptLookup(max_ngram=3).draft(history, 5) == [8, 9, 10, 11, 5]
