@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from tokenizers import Tokenizer
 
 from .cache import TypingCache
@@ -26,6 +27,7 @@ from .layout import build_layout
 from .modelcard import ModelCard, ModelError, default_model_dir, load_card
 from .plan import InfillPlan, PlanError, PlanSettings, plan_completion, plan_holes
 from .postprocess import Completion, finish, scope_closed
+from . import rerank
 from .sampler import Cancelled, DenoiserRuntime, SamplerSettings, denoise
 from .settings import Settings
 
@@ -225,7 +227,8 @@ class Engine:
         if key is not None:
             with self._anchors_lock:
                 self._anchors[key] = plan.window_start
-        fill = self._run(plan, text, syntax, settings, cancelled, key)
+        fill = self._run(plan, text, syntax, settings, cancelled, key,
+                         rerank=settings.inline_suffix_rerank)
         completion = fill.completions[0] if fill.completions else None
         if key is not None and completion is not None:
             self.cache.remember(key, text, offset, completion)
@@ -274,7 +277,8 @@ class Engine:
             plan = dataclasses.replace(plan, holes=[
                 dataclasses.replace(h, canvas_length=int(n))
                 for h, n in zip(plan.holes, canvas_lengths)])
-        result = self._run(plan, text, syntax, settings, cancelled)
+        result = self._run(plan, text, syntax, settings, cancelled,
+                           rerank=settings.suffix_rerank)
         for hole, completion in zip(plan.holes, result.completions):
             if completion is None:
                 result.edits.append((hole.start, hole.end, text[hole.start : hole.end]))
@@ -386,7 +390,9 @@ class Engine:
         return DocumentDenoiser(self.denoiser, self.contexts, key)
 
     def _run(self, plan: InfillPlan, text: str, syntax: Syntax | None, settings: Settings,
-             cancelled: Check, key: str | None = None) -> FillResult:
+             cancelled: Check, key: str | None = None, rerank: int = 0) -> FillResult:
+        """Denoise the plan's holes and finish them; `rerank` > 0: that many candidates for
+        suffix-likelihood reranking (`_suffix_rerank`), where the model allows it."""
         if not plan.holes:
             return FillResult([], plan=plan)
         segments = self._encode_segments(plan)
@@ -400,13 +406,24 @@ class Engine:
         if remote is not None:  # a server runs the whole loop (dlm_lsp.remote): no lock here
             result = remote(layout, self.card.special_tokens, self.sampler_settings(settings),
                             cancelled)
-        else:
+        reranked: Completion | None = None
+        extra_steps = 0
+        if remote is None:
+            closed = self._scope_check(plan, text, syntax, heals)
             with self._model_lock:
-                result = denoise(
-                    denoiser, layout, self.card.special_tokens, self.sampler_settings(settings),
-                    cancelled, heals=heals,
-                    closed=self._scope_check(plan, text, syntax, heals),
-                )
+                if rerank > 0 and self._can_rerank(plan, layout):
+                    state = denoiser.encode(layout)
+                    result = denoise(
+                        denoiser, layout, self.card.special_tokens,
+                        self.sampler_settings(settings), cancelled, state=state, heals=heals,
+                        closed=closed)
+                    reranked, extra_steps = self._suffix_rerank(
+                        plan, text, syntax, layout, denoiser, state, heals, result.canvases[0],
+                        rerank, settings, cancelled, closed)
+                else:
+                    result = denoise(
+                        denoiser, layout, self.card.special_tokens,
+                        self.sampler_settings(settings), cancelled, heals=heals, closed=closed)
         raw = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in result.canvases]
         at_holes = [unheal(generated, heal) for generated, heal in zip(raw, heals)]
         completions = [
@@ -414,13 +431,96 @@ class Engine:
                                                   syntax=syntax)
             for index, generated in enumerate(at_holes)
         ]
+        if extra_steps:  # the reranking ran: its winner (None: no candidate had text)
+            completions[0] = reranked
         return FillResult(
-            completions, plan=plan, steps=result.steps,
+            completions, plan=plan, steps=result.steps + extra_steps,
             tokens=sum(len(c) for c in result.canvases), raw=raw,
             context_tokens=denoiser.context_tokens,
             context_tokens_encoded=denoiser.encoded_tokens,
             backend="local" if remote is None else "remote",
         )
+
+    # -- suffix-likelihood reranking (dlm_lsp.rerank) ---------------------------------------
+
+    def _can_rerank(self, plan: InfillPlan, layout) -> bool:
+        """Reranking scores candidates in causal calls over the cached prefix: one hole, a
+        shifted causal canvas (an autoregressive model) and logits from the decoder."""
+        return (len(plan.holes) == 1 and layout.shifted and self.card.canvas_attention == "causal"
+                and bool(getattr(self.denoiser, "returns_logits", False)))
+
+    def _suffix_rerank(self, plan: InfillPlan, text: str, syntax: Syntax | None, layout,
+                       denoiser, state, heals: list[Heal | None], greedy: list[int], k: int,
+                       settings: Settings, cancelled: Check, closed
+                       ) -> tuple[Completion | None, int]:
+        """The best of `k` candidates (greedy + alternatives at its first free position,
+        continued greedily) at each of their cuts, by prefix + suffix log-likelihood; and the
+        denoiser calls it took (at least 1)."""
+        heal = heals[0]
+        forced = heal.text if heal is not None else ""
+        anchor = layout.context_ids[layout.anchors[0]]
+        first = layout.canvas_positions[0][0]
+        calls = 0
+
+        def call(ids, positions):
+            nonlocal calls
+            if cancelled():
+                raise Cancelled
+            calls += 1
+            return denoiser.denoise_step(state, ids[None, :], positions[None, :],
+                                         need_logits=True)[3][0]
+
+        candidates = [greedy]
+        if k > 1:
+            free = rerank.first_free_position(greedy, self.healer.text_of, forced)
+            head = list(greedy[:free])
+            ids = np.asarray([anchor, *head], np.int64)
+            positions = np.arange(first - 1, first + len(head), dtype=np.int64)
+            logits = call(ids, positions)[-1]
+            taken = greedy[free] if free < len(greedy) else -1
+            options = [t for t in rerank.alternatives(logits, taken, None, k + 8)
+                       if self.healer.text_of(t)][: k - 1]
+            # an alternative runs at most a little longer than the greedy one did
+            room = min(len(layout.canvas_positions[0]), len(greedy) + rerank.ALTERNATIVE_SLACK)
+            short = dataclasses.replace(layout, canvas_positions=[layout.canvas_positions[0][:room]])
+            for token in options:
+                start = rerank.ForcedStart([*head, token], heal)
+                alt = denoise(denoiser, short, self.card.special_tokens,
+                              self.sampler_settings(settings), cancelled, state=state,
+                              heals=[start], closed=closed)
+                calls += alt.steps
+                candidates.append(alt.canvases[0])
+        multi_line = not plan.holes[0].stop.single_line
+        scored: list[rerank.Scored] = []
+        kept: list[Completion] = []  # scored[i]'s completion
+        seen: set[tuple[str, int]] = set()
+        encode = self._encode_with_offsets
+        for index, ids in enumerate(candidates):
+            generated = unheal(self.tokenizer.decode(ids, skip_special_tokens=True), heal)
+            whole = None if generated is None else finish(plan, 0, generated, text=text,
+                                                          syntax=syntax)
+            if whole is None:
+                continue
+            for cut in rerank.cuts(whole.text, multi_line):
+                completion = finish(plan, 0, cut, text=text, syntax=syntax)
+                if completion is None or (completion.text, completion.end) in seen:
+                    continue
+                seen.add((completion.text, completion.end))
+                suffix = text[completion.end : completion.end + 64 * rerank.SUFFIX_TOKENS]
+                tokens, own = rerank.score_tokens(forced + completion.text, suffix, encode)
+                logprobs = rerank.token_logprobs(
+                    call(*rerank.shifted_inputs(anchor, tokens, first)), tokens)
+                scored.append(rerank.Scored(completion.text, float(logprobs[:own].sum()),
+                                            float(logprobs[own:].sum()), own, index))
+                kept.append(completion)
+        winner = rerank.best(scored)
+        log.debug("suffix rerank: %s", [(s.index, round(s.score(), 2), s.text[:40])
+                                        for s in scored])
+        return (None if winner is None else kept[scored.index(winner)]), max(1, calls)
+
+    def _encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        encoding = self.tokenizer.encode(text, add_special_tokens=False)
+        return encoding.ids, encoding.offsets
 
 
 __all__ = ["Cancelled", "CompletionResult", "Engine", "FillResult", "ModelError", "PlanError"]

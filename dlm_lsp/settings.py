@@ -34,6 +34,10 @@ class Settings:
     # model card's recommendation
     strategy: str | None = None
     token_healing: bool = True  # back the context off to a token boundary at each hole
+    # suffix-likelihood reranking (dlm_lsp.rerank): candidates per hole, scored with the code
+    # after the hole (0 = off); for dlm/fill, and for inline completions
+    suffix_rerank: int = 4
+    inline_suffix_rerank: int = 0
     # context budget before the cursor; None = the model's: all the context that the suffix
     # leaves for a causal model (its cached prefix costs almost nothing per keystroke), else 384
     prefix_tokens: int | None = None
@@ -113,12 +117,14 @@ def _check(name: str, value: Any) -> Any:
                 raise ValueError("expected a number between 0 and 1")
             value = float(value)
     elif name in ("max_steps", "prefix_tokens", "suffix_tokens", "max_block_lines",
-                  "max_document_bytes", "threads", "debounce_ms", "context_cache_mb"):
+                  "max_document_bytes", "threads", "debounce_ms", "context_cache_mb",
+                  "suffix_rerank", "inline_suffix_rerank"):
         if value is None and name in ("max_steps", "prefix_tokens"):
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError("expected an integer")
-        low = 0 if name in ("threads", "debounce_ms") else 1
+        low = 0 if name in ("threads", "debounce_ms", "suffix_rerank",
+                            "inline_suffix_rerank") else 1
         if value < low:
             raise ValueError(f"expected an integer ≥ {low}")
     return value

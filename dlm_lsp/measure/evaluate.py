@@ -195,6 +195,24 @@ class Outcome:
 
 
 PATHS = ("fill", "complete")
+ABLATIONS = ("dedent", "overlap", "repeat")
+
+
+def ablate(rules: Sequence[str]) -> None:
+    """Turn completion rules off in this process (a measurement, not a setting):
+    "dedent" (a blank line's first line may not dedent), "overlap" (no cut where the
+    completion reaches the suffix), "repeat" (no cut of a runaway line pattern)."""
+    from .. import plan, postprocess
+
+    gone = set()
+    if "overlap" in rules:
+        gone.add(postprocess.cut_at_suffix_overlap)
+    if "repeat" in rules:
+        gone.add(postprocess.cut_runaway_repetition)
+    postprocess.FILTERS = tuple(f for f in postprocess.FILTERS if f not in gone)
+    postprocess.CONTENT_FILTERS = tuple(f for f in postprocess.CONTENT_FILTERS if f not in gone)
+    if "dedent" in rules:
+        plan.enclosing_levels = lambda *args, **kwargs: []
 
 
 class Filler:
@@ -425,6 +443,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                         help="a setting as on the wire (camelCase), e.g. suffixRerank=4; "
                         "repeatable")
+    parser.add_argument("--ablate", type=_choice_list(ABLATIONS), default=[],
+                        help="comma list of completion rules to turn off, to measure what "
+                        "each is worth: " + ", ".join(ABLATIONS))
     parser.add_argument("--no-tests", action="store_true", help="skip pass@1 (no sandbox runs)")
     parser.add_argument("--no-heal", action="store_true",
                         help="turn token healing off (measure what it is worth)")
@@ -478,6 +499,8 @@ def run(args: argparse.Namespace) -> int:
             raw[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             raw[key.strip()] = value
+    if getattr(args, "ablate", None):
+        ablate(args.ablate)
     settings, problems = parse_settings(raw, base)
     if problems:
         print("dlm-lsp eval: " + "; ".join(problems), file=sys.stderr)
@@ -505,6 +528,7 @@ def run(args: argparse.Namespace) -> int:
         "provider": engine.provider,
         "path": fill.path,
         "settings": raw,
+        "ablated": list(getattr(args, "ablate", [])),
         "sandbox": isolation_report() if any(t.test for t in tasks) and not args.no_tests
         else None,
         "seconds": round(time.perf_counter() - started, 2),
