@@ -149,10 +149,13 @@ class Engine:
             causal_canvas=self.card.canvas_attention == "causal",
         )
 
-    def plan_settings(self, settings: Settings | None = None) -> PlanSettings:
-        """Budgets for the planner, bounded by the model's context."""
+    def plan_settings(self, settings: Settings | None = None, *, fill: bool = False
+                      ) -> PlanSettings:
+        """Budgets for the planner, bounded by the model's context (`fill`: for dlm/fill,
+        where a model that reads no suffix may get it ahead of the prefix)."""
         s, card = settings or self.settings, self.card
-        suffix = s.suffix_tokens if card.reads_suffix else 0  # text it never learnt to read
+        # text it never learnt to read after a hole, unless it goes first (`_suffix_first`)
+        suffix = s.suffix_tokens if card.reads_suffix or (fill and s.suffix_first) else 0
         prefix = s.prefix_tokens
         if prefix is None:  # a causal model's cached prefix costs little: give it the room
             prefix = max(1, card.max_context - 1 - suffix) if card.causal else 384
@@ -267,7 +270,7 @@ class Engine:
         plan = plan_holes(
             text, sorted(ranges), tree, syntax,
             buckets=self.card.canvas_buckets,
-            settings=self.plan_settings(settings),
+            settings=self.plan_settings(settings, fill=True),
             count_tokens=self.count_tokens,
             language_id=language_id,
         )
@@ -278,7 +281,7 @@ class Engine:
                 dataclasses.replace(h, canvas_length=int(n))
                 for h, n in zip(plan.holes, canvas_lengths)])
         result = self._run(plan, text, syntax, settings, cancelled,
-                           rerank=settings.suffix_rerank)
+                           rerank=settings.suffix_rerank, suffix_first=settings.suffix_first)
         for hole, completion in zip(plan.holes, result.completions):
             if completion is None:
                 result.edits.append((hole.start, hole.end, text[hole.start : hole.end]))
@@ -329,7 +332,8 @@ class Engine:
 
     # -- the pipeline -----------------------------------------------------------------------
 
-    def _encode_segments(self, plan: InfillPlan) -> list[list[int]]:
+    def _encode_segments(self, plan: InfillPlan, suffix_first: bool = False
+                         ) -> list[list[int]]:
         """Token ids of the plan's text segments, cut to the model's context if need be."""
         segments = [
             self.tokenizer.encode(s, add_special_tokens=False).ids if s else []
@@ -339,6 +343,8 @@ class Engine:
             # a model that never saw text after a hole gets none: with a causal canvas it
             # would read the rest of the cursor's line (the planner's suffix) as if written
             segments[-1] = []
+            if suffix_first and len(plan.holes) == 1:
+                segments[0] = self._suffix_first(plan.segments[-1]) + segments[0]
         budget = self.card.max_context - 1
         limit = self.card.max_position - sum(h.canvas_length for h in plan.holes) - 1
         budget = min(budget, limit)
@@ -351,6 +357,18 @@ class Engine:
             if excess > 0:
                 segments[-1] = segments[-1][: max(0, len(segments[-1]) - excess)]
         return segments
+
+    def _suffix_first(self, suffix: str) -> list[int]:
+        """The lines after a hole's line, as tokens to put ahead of the prefix: a model that
+        reads only what comes before its canvas then knows the names the code after the hole
+        defines and uses (the functions below, the rest of the body), as a file read in
+        another order would show them. Whole lines only: the rest of the hole's own line
+        stays out (it would read as written before the hole)."""
+        below = suffix.split("\n", 1)[1] if "\n" in suffix else ""
+        below = below.strip("\r\n")
+        if not below.strip():
+            return []
+        return self.tokenizer.encode(below + "\n\n\n", add_special_tokens=False).ids
 
     @property
     def healer(self) -> Healer:
@@ -390,12 +408,13 @@ class Engine:
         return DocumentDenoiser(self.denoiser, self.contexts, key)
 
     def _run(self, plan: InfillPlan, text: str, syntax: Syntax | None, settings: Settings,
-             cancelled: Check, key: str | None = None, rerank: int = 0) -> FillResult:
+             cancelled: Check, key: str | None = None, rerank: int = 0,
+             suffix_first: bool = False) -> FillResult:
         """Denoise the plan's holes and finish them; `rerank` > 0: that many candidates for
         suffix-likelihood reranking (`_suffix_rerank`), where the model allows it."""
         if not plan.holes:
             return FillResult([], plan=plan)
-        segments = self._encode_segments(plan)
+        segments = self._encode_segments(plan, suffix_first and key is None)
         heals = self._heal(plan, segments, settings)
         layout = build_layout(
             segments, [h.canvas_length for h in plan.holes], self.card.special_tokens.file,

@@ -38,6 +38,9 @@ class Settings:
     # after the hole (0 = off); for dlm/fill, and for inline completions
     suffix_rerank: int = 4
     inline_suffix_rerank: int = 0
+    # dlm/fill with a model that reads no suffix: the lines after the hole go ahead of the
+    # prefix in its context, so that it knows the names they use
+    suffix_first: bool = True
     # context budget before the cursor; None = the model's: all the context that the suffix
     # leaves for a causal model (its cached prefix costs almost nothing per keystroke), else 384
     prefix_tokens: int | None = None
@@ -73,7 +76,7 @@ def _snake(name: str) -> str:
 
 def _check(name: str, value: Any) -> Any:
     """Validate one field's value; raise ValueError with a reason when it is unusable."""
-    if name in ("enable", "context_cache", "token_healing"):
+    if name in ("enable", "context_cache", "token_healing", "suffix_first"):
         if not isinstance(value, bool):
             raise ValueError("expected true or false")
     elif name == "languages":
