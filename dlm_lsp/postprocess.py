@@ -208,7 +208,7 @@ def cut_at_suffix_overlap(draft: Draft, ctx: Context) -> Draft | None:
 def cut_runaway_repetition(draft: Draft, ctx: Context) -> Draft | None:
     """Stop a completion that repeats one line pattern (1–3 lines, string and number
     literals aside) more than `REPEAT_CAP` times in a row, unless the lines just above the
-    cursor have the pattern already (a table, an `elif` chain the file is writing: the
+    cursor have a line of the pattern already (a table, an `elif` chain the file is writing: the
     suffix rules end those). A degenerate loop (``if x == 0: return 0``, ``if x == 1: ...``)
     is cut after its last plausible copy."""
     lines = split_lines(draft.text)
@@ -226,8 +226,8 @@ def cut_runaway_repetition(draft: Draft, ctx: Context) -> Draft | None:
                 copies += 1
             if copies <= REPEAT_CAP:
                 continue
-            if any(above[i : i + period] == unit for i in range(len(above) - period + 1)):
-                continue  # the file's own pattern, not a loop of the model's
+            if any(shape in above for shape in unit):
+                continue  # the file's own pattern (a line of it is just above), not a loop
             keep = start + REPEAT_CAP * period
             return _with_text(draft, "\n".join(lines[:keep]))
     return draft
@@ -395,19 +395,25 @@ def document_eol(text: str) -> str:
 
 
 _WORDY = re.compile(r"[A-Za-z_]\w")
+_ELSE_IF = re.compile(r"^(\s*)(?:elif|else if|elsif)\b")
 
 
 def _shape(line: str) -> str:
     """A line with its string and number literals replaced (a pattern's copies differ
-    only there): `'one': 1,` and `'two': 2,` have one shape, `x0 = 0` and `x1 = 1` two."""
-    return _LITERALS.sub("#", line.rstrip()) if line.strip() else ""
+    only there): `'one': 1,` and `'two': 2,` have one shape, `x0 = 0` and `x1 = 1` two;
+    `elif c == 'b':` has the shape of `if c == 'a':`."""
+    if not line.strip():
+        return ""
+    # an `elif` chain continues the `if` it follows (`else if` likewise)
+    return _ELSE_IF.sub(r"\1if", _LITERALS.sub("#", line.rstrip()))
 
 
 def _repeats_next_line(text: str, ctx: Context, finished: int) -> int | None:
     """Where the first finished line of `text` that is the suffix's next non-blank line
     (whitespace aside) starts, or None. A line of a few characters (`pass`, `}`) counts only
     when the line after it is the suffix's second line too."""
-    following = [line.strip() for line in ctx.suffix.split("\n")[1:] if line.strip()][:2]
+    following = ["".join(line.split()) for line in ctx.suffix.split("\n")[1:]
+                 if line.strip()][:2]
     if not following:
         return None
     judged = text if ctx.final else text[: max(0, finished)]  # finished lines only
@@ -417,11 +423,11 @@ def _repeats_next_line(text: str, ctx: Context, finished: int) -> int | None:
         starts.append(pos)
         pos += len(line) + 1
     for i in range(0 if ctx.blank_before else 1, len(lines)):
-        if lines[i].strip() != following[0]:
+        if "".join(lines[i].split()) != following[0]:
             continue
         if len(following[0]) >= OVERLAP_TAIL - 2 and _WORDY.search(following[0]):
             return starts[i]
-        rest = [line.strip() for line in lines[i + 1 :] if line.strip()]
+        rest = ["".join(line.split()) for line in lines[i + 1 :] if line.strip()]
         if len(following) > 1 and rest[:1] == following[1:2]:
             return starts[i]
     return None
