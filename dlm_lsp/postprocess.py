@@ -219,8 +219,9 @@ def cut_runaway_repetition(draft: Draft, ctx: Context) -> Draft | None:
     for period in _REPEAT_PERIODS:
         for start in range(0, finished - period * (REPEAT_CAP + 1) + 1):
             unit = shapes[start : start + period]
-            if not all(unit) or not any(_WORDY.search(u) for u in unit):
-                continue
+            if not all(unit) or not any(_WORDY.search(line)
+                                        for line in absolute[start : start + period]):
+                continue  # blank lines, a run of `}` closing nested blocks
             copies = 1
             while shapes[start + copies * period : start + (copies + 1) * period] == unit:
                 copies += 1
