@@ -27,7 +27,7 @@ from .layout import build_layout
 from .modelcard import ModelCard, ModelError, default_model_dir, load_card
 from .plan import InfillPlan, PlanError, PlanSettings, plan_completion, plan_holes
 from .postprocess import Completion, finish, scope_closed
-from . import rerank
+from . import rerank as rerank_mod
 from .sampler import Cancelled, DenoiserRuntime, SamplerSettings, denoise
 from .settings import Settings
 
@@ -428,9 +428,12 @@ class Engine:
         reranked: Completion | None = None
         extra_steps = 0
         if remote is None:
+            reranking = rerank > 0 and self._can_rerank(plan, layout)
+            if reranking:  # candidates end within the lines the cuts try: decode no further
+                plan = rerank_mod.capped(plan)
             closed = self._scope_check(plan, text, syntax, heals)
             with self._model_lock:
-                if rerank > 0 and self._can_rerank(plan, layout):
+                if reranking:
                     state = denoiser.encode(layout)
                     result = denoise(
                         denoiser, layout, self.card.special_tokens,
@@ -491,26 +494,26 @@ class Engine:
 
         candidates = [greedy]
         if k > 1:
-            free = rerank.first_free_position(greedy, self.healer.text_of, forced)
+            free = rerank_mod.first_free_position(greedy, self.healer.text_of, forced)
             head = list(greedy[:free])
             ids = np.asarray([anchor, *head], np.int64)
             positions = np.arange(first - 1, first + len(head), dtype=np.int64)
             logits = call(ids, positions)[-1]
             taken = greedy[free] if free < len(greedy) else -1
-            options = [t for t in rerank.alternatives(logits, taken, None, k + 8)
+            options = [t for t in rerank_mod.alternatives(logits, taken, None, k + 8)
                        if self.healer.text_of(t)][: k - 1]
             # an alternative runs at most a little longer than the greedy one did
-            room = min(len(layout.canvas_positions[0]), len(greedy) + rerank.ALTERNATIVE_SLACK)
+            room = min(len(layout.canvas_positions[0]), len(greedy) + rerank_mod.ALTERNATIVE_SLACK)
             short = dataclasses.replace(layout, canvas_positions=[layout.canvas_positions[0][:room]])
             for token in options:
-                start = rerank.ForcedStart([*head, token], heal)
+                start = rerank_mod.ForcedStart([*head, token], heal)
                 alt = denoise(denoiser, short, self.card.special_tokens,
                               self.sampler_settings(settings), cancelled, state=state,
                               heals=[start], closed=closed)
                 calls += alt.steps
                 candidates.append(alt.canvases[0])
         multi_line = not plan.holes[0].stop.single_line
-        scored: list[rerank.Scored] = []
+        scored: list[rerank_mod.Scored] = []
         kept: list[Completion] = []  # scored[i]'s completion
         seen: set[tuple[str, int]] = set()
         encode = self._encode_with_offsets
@@ -520,19 +523,19 @@ class Engine:
                                                           syntax=syntax)
             if whole is None:
                 continue
-            for cut in rerank.cuts(whole.text, multi_line):
+            for cut in rerank_mod.cuts(whole.text, multi_line):
                 completion = finish(plan, 0, cut, text=text, syntax=syntax)
                 if completion is None or (completion.text, completion.end) in seen:
                     continue
                 seen.add((completion.text, completion.end))
-                suffix = text[completion.end : completion.end + 64 * rerank.SUFFIX_TOKENS]
-                tokens, own = rerank.score_tokens(forced + completion.text, suffix, encode)
-                logprobs = rerank.token_logprobs(
-                    call(*rerank.shifted_inputs(anchor, tokens, first)), tokens)
-                scored.append(rerank.Scored(completion.text, float(logprobs[:own].sum()),
+                suffix = text[completion.end : completion.end + 64 * rerank_mod.SUFFIX_TOKENS]
+                tokens, own = rerank_mod.score_tokens(forced + completion.text, suffix, encode)
+                logprobs = rerank_mod.token_logprobs(
+                    call(*rerank_mod.shifted_inputs(anchor, tokens, first)), tokens)
+                scored.append(rerank_mod.Scored(completion.text, float(logprobs[:own].sum()),
                                             float(logprobs[own:].sum()), own, index))
                 kept.append(completion)
-        winner = rerank.best(scored)
+        winner = rerank_mod.best(scored)
         log.debug("suffix rerank: %s", [(s.index, round(s.score(), 2), s.text[:40])
                                         for s in scored])
         return (None if winner is None else kept[scored.index(winner)]), max(1, calls)

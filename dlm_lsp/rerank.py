@@ -20,12 +20,13 @@ alternatives to decode (`alternatives`, `ForcedStart`). The engine runs the call
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 SUFFIX_TOKENS = 16  # M: suffix tokens scored after each candidate
 MAX_CUTS = 4  # line ends tried per candidate (the full candidate always is one)
+MAX_LINES = MAX_CUTS + 1  # a reranked block has at most this many lines (decoding stops there)
 ALTERNATIVE_SLACK = 16  # an alternative may run this many tokens past the greedy one's length
 _OPEN_ENDS = (":", "{", "(", "[")  # a cut after a line ending so leaves its block open
 
@@ -54,6 +55,14 @@ def best(scored: Sequence[Scored], alpha: float = 0.0) -> Scored | None:
         if winner is None or item.score(alpha) > winner.score(alpha) + 1e-9:
             winner = item
     return winner
+
+
+def capped(plan):
+    """`plan` (an `InfillPlan`) with each multi-line hole's line cap at `MAX_LINES`: the cuts
+    try the first line ends, so a candidate's later lines would only cost decoder calls."""
+    holes = [h if h.stop.single_line or (h.stop.max_lines or MAX_LINES + 1) <= MAX_LINES
+             else replace(h, stop=replace(h.stop, max_lines=MAX_LINES)) for h in plan.holes]
+    return replace(plan, holes=holes)
 
 
 def cuts(text: str, multi_line: bool, max_cuts: int = MAX_CUTS) -> list[str]:

@@ -86,3 +86,17 @@ def test_forced_start_then_the_healing_constraint():
     assert start.allowed_after([5, 6, 9]) is None
     assert start.allowed_after([4]) is None  # the runtime went elsewhere: no constraint
     assert ForcedStart([5]).allowed_after([5]) is None
+
+
+def test_capped_limits_block_holes_only():
+    from dlm_lsp.plan import plan_completion
+    from dlm_lsp.modelcard import DEFAULT_CANVAS_BUCKETS
+
+    text = "def f():\n    \n"
+    plan = plan_completion(text, 13, None, None, buckets=DEFAULT_CANVAS_BUCKETS,
+                           count_tokens=len, language_id="python")
+    assert plan.holes[0].stop.max_lines > rerank.MAX_LINES
+    assert rerank.capped(plan).holes[0].stop.max_lines == rerank.MAX_LINES
+    line = plan_completion("x = ", 4, None, None, buckets=DEFAULT_CANVAS_BUCKETS,
+                           count_tokens=len, language_id="python")
+    assert rerank.capped(line).holes[0].stop == line.holes[0].stop
