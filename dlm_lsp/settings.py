@@ -37,7 +37,7 @@ class Settings:
     # suffix-likelihood reranking (dlm_lsp.rerank): candidates per hole, scored with the code
     # after the hole (0 = off); for dlm/fill, and for inline completions
     suffix_rerank: int = 2
-    inline_suffix_rerank: int = 0
+    inline_suffix_rerank: int = 1
     # dlm/fill with a model that reads no suffix: the lines after the hole go ahead of the
     # prefix in its context, so that it knows the names they use
     suffix_first: bool = True
