@@ -427,6 +427,7 @@ class Engine:
                             cancelled)
         reranked: Completion | None = None
         extra_steps = 0
+        reranking = False
         if remote is None:
             reranking = rerank > 0 and self._can_rerank(plan, layout)
             if reranking:  # candidates end within the lines the cuts try: decode no further
@@ -453,7 +454,7 @@ class Engine:
                                                   syntax=syntax)
             for index, generated in enumerate(at_holes)
         ]
-        if extra_steps:  # the reranking ran: its winner (None: no candidate had text)
+        if reranking:  # its winner (None: no candidate had text)
             completions[0] = reranked
         return FillResult(
             completions, plan=plan, steps=result.steps + extra_steps,
@@ -477,7 +478,7 @@ class Engine:
                        ) -> tuple[Completion | None, int]:
         """The best of `k` candidates (greedy + alternatives at its first free position,
         continued greedily) at each of their cuts, by prefix + suffix log-likelihood; and the
-        denoiser calls it took (at least 1)."""
+        denoiser calls it took."""
         heal = heals[0]
         forced = heal.text if heal is not None else ""
         anchor = layout.context_ids[layout.anchors[0]]
@@ -503,8 +504,10 @@ class Engine:
             options = [t for t in rerank_mod.alternatives(logits, taken, None, k + 8)
                        if self.healer.text_of(t)][: k - 1]
             # an alternative runs at most a little longer than the greedy one did
-            room = min(len(layout.canvas_positions[0]), len(greedy) + rerank_mod.ALTERNATIVE_SLACK)
-            short = dataclasses.replace(layout, canvas_positions=[layout.canvas_positions[0][:room]])
+            room = min(len(layout.canvas_positions[0]),
+                       len(greedy) + rerank_mod.ALTERNATIVE_SLACK)
+            short = dataclasses.replace(layout,
+                                        canvas_positions=[layout.canvas_positions[0][:room]])
             for token in options:
                 start = rerank_mod.ForcedStart([*head, token], heal)
                 alt = denoise(denoiser, short, self.card.special_tokens,
@@ -523,7 +526,10 @@ class Engine:
                                                           syntax=syntax)
             if whole is None:
                 continue
-            for cut in rerank_mod.cuts(whole.text, multi_line):
+            places = rerank_mod.cuts(whole.text, multi_line)
+            if len(candidates) == 1 and len(places) == 1:
+                return whole, calls  # nothing to choose between
+            for cut in places:
                 completion = finish(plan, 0, cut, text=text, syntax=syntax)
                 if completion is None or (completion.text, completion.end) in seen:
                     continue
@@ -533,12 +539,12 @@ class Engine:
                 logprobs = rerank_mod.token_logprobs(
                     call(*rerank_mod.shifted_inputs(anchor, tokens, first)), tokens)
                 scored.append(rerank_mod.Scored(completion.text, float(logprobs[:own].sum()),
-                                            float(logprobs[own:].sum()), own, index))
+                                                float(logprobs[own:].sum()), own, index))
                 kept.append(completion)
         winner = rerank_mod.best(scored)
         log.debug("suffix rerank: %s", [(s.index, round(s.score(), 2), s.text[:40])
                                         for s in scored])
-        return (None if winner is None else kept[scored.index(winner)]), max(1, calls)
+        return (None if winner is None else kept[scored.index(winner)]), calls
 
     def _encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         encoding = self.tokenizer.encode(text, add_special_tokens=False)

@@ -35,6 +35,8 @@ def ITEMS(count: int, pattern: str) -> str:  # noqa: N802 - reads as a table con
     return "\n".join(pattern.format(i) for i in range(count)).lstrip()
 
 
+ELIF_CHAIN = "\n".join(f"    elif x == '{c}':\n        return {i}"
+                       for i, c in enumerate("bcdefg")).lstrip()
 BLOCK_16 = "\n" + "\n".join(f"    x{i} = {i}" for i in range(16))
 
 GOLDEN = [
@@ -112,8 +114,8 @@ GOLDEN = [
     ("suffix_overlap", "python", "x = compute(alpha, be█ta, gamma, delta)\n",
      "ta_0, beta, gamma, delta)", "ta_0, be", 0),  # be + ta_0, be + ta, gamma...
     ("suffix_overlap", "python",
-     "def f(s):\n    for c in s:\n        if c:\n            depth = 1\n█\n            depth -= 1\n"
-     "    return depth\n",
+     "def f(s):\n    for c in s:\n        if c:\n            depth = 1\n█\n"
+     "            depth -= 1\n    return depth\n",
      "        elif c == ')':\n            depth  -=  1\n        else:\n            depth = 0",
      "        elif c == ')':", 0),
     # a short line (`pass`, `}`) is the suffix's only when the next one is too
@@ -127,8 +129,7 @@ GOLDEN = [
      "\n".join(f"    if x == {i}:\n        return {i}" for i in range(8)).lstrip(),
      "\n".join(f"    if x == {i}:\n        return {i}" for i in range(4)).lstrip(), 0),
     ("repetition", "python", "def f(x):\n    if x == 'a':\n        return 1\n    █\n",
-     "\n".join(f"    elif x == '{c}':\n        return {i}" for i, c in enumerate("bcdefg")).lstrip(),
-     "\n".join(f"    elif x == '{c}':\n        return {i}" for i, c in enumerate("bcdefg")).lstrip(), 0),
+     ELIF_CHAIN, ELIF_CHAIN, 0),
     ("repetition", "python", "NAMES = {\n    'zero': 0,\n    'one': 1,\n    █\n",
      "\n".join(f"    'n{i}': {i}," for i in range(2, 10)).lstrip(),
      "\n".join(f"    'n{i}': {i}," for i in range(2, 10)).lstrip(), 0),
