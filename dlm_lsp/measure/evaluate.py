@@ -7,8 +7,10 @@ Two task formats are read, one JSON object a line (gzip when the name ends in .g
 * plain FIM: ``prefix, suffix, middle`` (optional ``task_id``, ``language``, ``kind``,
   ``test``, ``entry_point``), as `python -m model_export heldout` writes.
 
-Each task is filled as the server fills a hole (`Engine.fill_text` on prefix + suffix, one
-empty range at the cursor) under every sampler configuration of the sweep, and scored:
+Each task is filled as the server fills a hole — `dlm/fill`'s `Engine.fill_text` on prefix +
+suffix, one empty range at the cursor, or with ``--path complete`` an inline completion's
+`Engine.complete_text` at the cursor — under every sampler configuration of the sweep (and the
+wire settings of ``--set``; ``--ablate`` turns completion rules off), and scored:
 
 * exact match of the middle after dropping trailing whitespace on every line and at the end;
 * pass@1 (one greedy sample) when the task has a test: prefix + fill + suffix + test +
