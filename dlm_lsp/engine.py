@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from tokenizers import Tokenizer
 
 from .cache import TypingCache
@@ -27,6 +28,7 @@ from .layout import build_layout
 from .modelcard import ModelCard, ModelError, default_model_dir, load_card
 from .plan import InfillPlan, PlanError, PlanSettings, plan_completion, plan_holes
 from .postprocess import Completion, finish, scope_closed
+from . import rerank as rerank_mod
 from .sampler import Cancelled, DenoiserRuntime, SamplerSettings, denoise
 from .settings import Settings
 
@@ -153,10 +155,13 @@ class Engine:
             causal_canvas=self.card.canvas_attention == "causal",
         )
 
-    def plan_settings(self, settings: Settings | None = None) -> PlanSettings:
-        """Budgets for the planner, bounded by the model's context."""
+    def plan_settings(self, settings: Settings | None = None, *, fill: bool = False
+                      ) -> PlanSettings:
+        """Budgets for the planner, bounded by the model's context (`fill`: for dlm/fill,
+        where a model that reads no suffix may get it ahead of the prefix)."""
         s, card = settings or self.settings, self.card
-        suffix = s.suffix_tokens if card.reads_suffix else 0  # text it never learnt to read
+        # text it never learnt to read after a hole, unless it goes first (`_suffix_first`)
+        suffix = s.suffix_tokens if card.reads_suffix or (fill and s.suffix_first) else 0
         prefix = s.prefix_tokens
         if prefix is None:  # a causal model's cached prefix costs little: give it the room
             prefix = max(1, card.max_context - 1 - suffix) if card.causal else 384
@@ -231,7 +236,8 @@ class Engine:
         if key is not None:
             with self._anchors_lock:
                 self._anchors[key] = plan.window_start
-        fill = self._run(plan, text, syntax, settings, cancelled, key)
+        fill = self._run(plan, text, syntax, settings, cancelled, key,
+                         rerank=settings.inline_suffix_rerank)
         completion = fill.completions[0] if fill.completions else None
         if key is not None and completion is not None:
             self.cache.remember(key, text, offset, completion)
@@ -271,7 +277,7 @@ class Engine:
         plan = plan_holes(
             text, sorted(ranges), tree, syntax,
             buckets=self.card.canvas_buckets,
-            settings=self.plan_settings(settings),
+            settings=self.plan_settings(settings, fill=True),
             count_tokens=self.count_tokens,
             language_id=language_id,
         )
@@ -281,7 +287,8 @@ class Engine:
             plan = dataclasses.replace(plan, holes=[
                 dataclasses.replace(h, canvas_length=int(n))
                 for h, n in zip(plan.holes, canvas_lengths)])
-        result = self._run(plan, text, syntax, settings, cancelled)
+        result = self._run(plan, text, syntax, settings, cancelled,
+                           rerank=settings.suffix_rerank, suffix_first=settings.suffix_first)
         for hole, completion in zip(plan.holes, result.completions):
             if completion is None:
                 result.edits.append((hole.start, hole.end, text[hole.start : hole.end]))
@@ -332,7 +339,8 @@ class Engine:
 
     # -- the pipeline -----------------------------------------------------------------------
 
-    def _encode_segments(self, plan: InfillPlan) -> list[list[int]]:
+    def _encode_segments(self, plan: InfillPlan, suffix_first: bool = False
+                         ) -> list[list[int]]:
         """Token ids of the plan's text segments, cut to the model's context if need be."""
         segments = [
             self.tokenizer.encode(s, add_special_tokens=False).ids if s else []
@@ -342,6 +350,8 @@ class Engine:
             # a model that never saw text after a hole gets none: with a causal canvas it
             # would read the rest of the cursor's line (the planner's suffix) as if written
             segments[-1] = []
+            if suffix_first and len(plan.holes) == 1:
+                segments[0] = self._suffix_first(plan.segments[-1]) + segments[0]
         budget = self.card.max_context - 1
         limit = self.card.max_position - sum(h.canvas_length for h in plan.holes) - 1
         budget = min(budget, limit)
@@ -354,6 +364,18 @@ class Engine:
             if excess > 0:
                 segments[-1] = segments[-1][: max(0, len(segments[-1]) - excess)]
         return segments
+
+    def _suffix_first(self, suffix: str) -> list[int]:
+        """The lines after a hole's line, as tokens to put ahead of the prefix: a model that
+        reads only what comes before its canvas then knows the names the code after the hole
+        defines and uses (the functions below, the rest of the body), as a file read in
+        another order would show them. Whole lines only: the rest of the hole's own line
+        stays out (it would read as written before the hole)."""
+        below = suffix.split("\n", 1)[1] if "\n" in suffix else ""
+        below = below.strip("\r\n")
+        if not below.strip():
+            return []
+        return self.tokenizer.encode(below + "\n\n\n", add_special_tokens=False).ids
 
     @property
     def healer(self) -> Healer:
@@ -408,10 +430,13 @@ class Engine:
         return DocumentDenoiser(self.denoiser, self.contexts, key)
 
     def _run(self, plan: InfillPlan, text: str, syntax: Syntax | None, settings: Settings,
-             cancelled: Check, key: str | None = None) -> FillResult:
+             cancelled: Check, key: str | None = None, rerank: int = 0,
+             suffix_first: bool = False) -> FillResult:
+        """Denoise the plan's holes and finish them; `rerank` > 0: that many candidates for
+        suffix-likelihood reranking (`_suffix_rerank`), where the model allows it."""
         if not plan.holes:
             return FillResult([], plan=plan)
-        segments = self._encode_segments(plan)
+        segments = self._encode_segments(plan, suffix_first and key is None)
         speculative = self.sampler_settings(settings).strategy == "speculative"
         drafter = self._drafter(plan, text) if speculative else None
         heals = self._heal(plan, segments, settings)
@@ -424,13 +449,29 @@ class Engine:
         if remote is not None:  # a server runs the whole loop (dlm_lsp.remote): no lock here
             result = remote(layout, self.card.special_tokens, self.sampler_settings(settings),
                             cancelled)
-        else:
+        reranked: Completion | None = None
+        extra_steps = 0
+        reranking = False
+        if remote is None:
+            reranking = rerank > 0 and self._can_rerank(plan, layout)
+            if reranking:  # candidates end within the lines the cuts try: decode no further
+                plan = rerank_mod.capped(plan)
+            closed = self._scope_check(plan, text, syntax, heals)
             with self._model_lock:
-                result = denoise(
-                    denoiser, layout, self.card.special_tokens, self.sampler_settings(settings),
-                    cancelled, heals=heals,
-                    closed=self._scope_check(plan, text, syntax, heals), drafter=drafter,
-                )
+                if reranking:
+                    state = denoiser.encode(layout)
+                    result = denoise(
+                        denoiser, layout, self.card.special_tokens,
+                        self.sampler_settings(settings), cancelled, state=state, heals=heals,
+                        closed=closed, drafter=drafter)
+                    reranked, extra_steps = self._suffix_rerank(
+                        plan, text, syntax, layout, denoiser, state, heals, result.canvases[0],
+                        rerank, settings, cancelled, closed, drafter)
+                else:
+                    result = denoise(
+                        denoiser, layout, self.card.special_tokens,
+                        self.sampler_settings(settings), cancelled, heals=heals, closed=closed,
+                        drafter=drafter)
         raw = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in result.canvases]
         at_holes = [unheal(generated, heal) for generated, heal in zip(raw, heals)]
         completions = [
@@ -438,14 +479,102 @@ class Engine:
                                                   syntax=syntax)
             for index, generated in enumerate(at_holes)
         ]
+        if reranking:  # its winner (None: no candidate had text)
+            completions[0] = reranked
         return FillResult(
-            completions, plan=plan, steps=result.steps,
+            completions, plan=plan, steps=result.steps + extra_steps,
             tokens=sum(len(c) for c in result.canvases), raw=raw,
             drafted=getattr(result, "drafted", 0), accepted=getattr(result, "accepted", 0),
             context_tokens=denoiser.context_tokens,
             context_tokens_encoded=denoiser.encoded_tokens,
             backend="local" if remote is None else "remote",
         )
+
+    # -- suffix-likelihood reranking (dlm_lsp.rerank) ---------------------------------------
+
+    def _can_rerank(self, plan: InfillPlan, layout) -> bool:
+        """Reranking scores candidates in causal calls over the cached prefix: one hole, a
+        shifted causal canvas (an autoregressive model) and logits from the decoder."""
+        return (len(plan.holes) == 1 and layout.shifted and self.card.canvas_attention == "causal"
+                and bool(getattr(self.denoiser, "returns_logits", False)))
+
+    def _suffix_rerank(self, plan: InfillPlan, text: str, syntax: Syntax | None, layout,
+                       denoiser, state, heals: list[Heal | None], greedy: list[int], k: int,
+                       settings: Settings, cancelled: Check, closed, drafter=None
+                       ) -> tuple[Completion | None, int]:
+        """The best of `k` candidates (greedy + alternatives at its first free position,
+        continued greedily) at each of their cuts, by prefix + suffix log-likelihood; and the
+        denoiser calls it took."""
+        heal = heals[0]
+        forced = heal.text if heal is not None else ""
+        anchor = layout.context_ids[layout.anchors[0]]
+        first = layout.canvas_positions[0][0]
+        calls = 0
+
+        def call(ids, positions):
+            nonlocal calls
+            if cancelled():
+                raise Cancelled
+            calls += 1
+            return denoiser.denoise_step(state, ids[None, :], positions[None, :],
+                                         need_logits=True)[3][0]
+
+        candidates = [greedy]
+        if k > 1:
+            free = rerank_mod.first_free_position(greedy, self.healer.text_of, forced)
+            head = list(greedy[:free])
+            ids = np.asarray([anchor, *head], np.int64)
+            positions = np.arange(first - 1, first + len(head), dtype=np.int64)
+            logits = call(ids, positions)[-1]
+            taken = greedy[free] if free < len(greedy) else -1
+            options = [t for t in rerank_mod.alternatives(logits, taken, None, k + 8)
+                       if self.healer.text_of(t)][: k - 1]
+            # an alternative runs at most a little longer than the greedy one did
+            room = min(len(layout.canvas_positions[0]),
+                       len(greedy) + rerank_mod.ALTERNATIVE_SLACK)
+            short = dataclasses.replace(layout,
+                                        canvas_positions=[layout.canvas_positions[0][:room]])
+            for token in options:
+                start = rerank_mod.ForcedStart([*head, token], heal)
+                alt = denoise(denoiser, short, self.card.special_tokens,
+                              self.sampler_settings(settings), cancelled, state=state,
+                              heals=[start], closed=closed, drafter=drafter)
+                calls += alt.steps
+                candidates.append(alt.canvases[0])
+        multi_line = not plan.holes[0].stop.single_line
+        scored: list[rerank_mod.Scored] = []
+        kept: list[Completion] = []  # scored[i]'s completion
+        seen: set[tuple[str, int]] = set()
+        encode = self._encode_with_offsets
+        for index, ids in enumerate(candidates):
+            generated = unheal(self.tokenizer.decode(ids, skip_special_tokens=True), heal)
+            whole = None if generated is None else finish(plan, 0, generated, text=text,
+                                                          syntax=syntax)
+            if whole is None:
+                continue
+            places = rerank_mod.cuts(whole.text, multi_line)
+            if len(candidates) == 1 and len(places) == 1:
+                return whole, calls  # nothing to choose between
+            for cut in places:
+                completion = finish(plan, 0, cut, text=text, syntax=syntax)
+                if completion is None or (completion.text, completion.end) in seen:
+                    continue
+                seen.add((completion.text, completion.end))
+                suffix = text[completion.end : completion.end + 64 * rerank_mod.SUFFIX_TOKENS]
+                tokens, own = rerank_mod.score_tokens(forced + completion.text, suffix, encode)
+                logprobs = rerank_mod.token_logprobs(
+                    call(*rerank_mod.shifted_inputs(anchor, tokens, first)), tokens)
+                scored.append(rerank_mod.Scored(completion.text, float(logprobs[:own].sum()),
+                                                float(logprobs[own:].sum()), own, index))
+                kept.append(completion)
+        winner = rerank_mod.best(scored)
+        log.debug("suffix rerank: %s", [(s.index, round(s.score(), 2), s.text[:40])
+                                        for s in scored])
+        return (None if winner is None else kept[scored.index(winner)]), calls
+
+    def _encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        encoding = self.tokenizer.encode(text, add_special_tokens=False)
+        return encoding.ids, encoding.offsets
 
 
 __all__ = ["Cancelled", "CompletionResult", "Engine", "FillResult", "ModelError", "PlanError"]

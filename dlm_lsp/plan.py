@@ -87,6 +87,10 @@ class StopRules:
     max_lines: int | None  # most lines kept
     closers: str  # auto-inserted closing text after the cursor: replace, never duplicate
     first_line_free: bool = True  # the first line's indent is not checked (cursor mid-line)
+    # on a blank line: the indentation levels of the blocks around the cursor's body (the
+    # lines that open them, nearest first) to which the first line may dedent — an `elif`
+    # after an `if` body, a `return` after a loop; the block then continues from that level
+    dedent_to: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -298,8 +302,31 @@ def _blank_line(text, start, before, language_id, tree, settings) -> _Shape:
     else:
         body_indent = indent_of(above) + (1 if above_opens else 0)
     target = settings.block_canvas * (2 if above_opens else 1)
-    rules = replace(_block_rules(body_indent, "", settings), first_line_free=False)
+    # (in a brace language a dedented line closes a block: `}` is the suffix's, not a dedent)
+    levels = () if above_opens or language_id in BRACE_LANGUAGES else tuple(
+        level for level in enclosing_levels(text, start, body_indent, settings.scan_lines)
+        if level >= len(before))
+    rules = replace(_block_rules(body_indent, "", settings), first_line_free=False,
+                    dedent_to=levels)
     return _Shape("block", target, rules)
+
+
+def enclosing_levels(text: str, start: int, indent: int, limit: int = 200) -> list[int]:
+    """The indentation of each block around a body at `indent` whose line starts at
+    `start`: walking up, every non-blank line less indented than all below it (the openers
+    of the enclosing blocks), nearest first, down to column 0."""
+    levels: list[int] = []
+    bound = indent
+    pos = start
+    for _ in range(limit):
+        if pos == 0 or bound == 0:
+            break
+        pos = previous_line_start(text, pos)
+        line = text[pos : line_end(text, pos)]
+        if line.strip() and indent_of(line) < bound:
+            bound = indent_of(line)
+            levels.append(bound)
+    return levels
 
 
 def _line_offset_end(text: str, line: str, below_start: int) -> int:

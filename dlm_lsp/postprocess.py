@@ -8,12 +8,22 @@ line endings are ``\\n``; the document's own line ending is restored at the end.
 2. `drop_leading_blank_lines`  — a run of blank lines at the start ("newline mess").
 3. `keep_first_line`           — single-line holes stop at the first newline.
 4. `cut_at_block_exit`         — the first line that leaves the block (indent below the body,
-                                 or a closer of a bracket opened before the hole) ends it.
+                                 or a closer of a bracket opened before the hole) ends it; on a
+                                 blank line a first line dedented to an enclosing block's level
+                                 sets the level; a closing line the suffix also has is cut.
 5. `cap_lines`                 — at most `max_lines` lines.
-6. `drop_suffix_repeat`        — a tail that repeats the text after the hole.
-7. `strip_trailing_whitespace` — on every line; blank lines at the end.
-8. `replace_closers`           — never duplicate auto-inserted closers; balance brackets.
-9. `drop_syntax_errors`        — trailing lines that add tree-sitter errors.
+6. `cut_at_suffix_overlap`     — where the completion starts writing the text after the hole
+                                 (whitespace aside) it is over: cut there.
+7. `cut_runaway_repetition`    — a line pattern repeated past `REPEAT_CAP` copies that the
+                                 prefix does not have itself (a degenerate loop) ends there.
+8. `drop_suffix_repeat`        — a tail that repeats the text after the hole.
+9. `strip_trailing_whitespace` — on every line; blank lines at the end.
+10. `replace_closers`          — never duplicate auto-inserted closers; balance brackets.
+11. `drop_syntax_errors`       — trailing lines that add tree-sitter errors.
+
+Filters 1–7 decide where the scope ends; `scope_closed` runs them on a partly decoded text
+(`Context.final` false: the last, unfinished line is not judged by content) so that decoding
+stops as soon as more tokens could no longer change what `finish` keeps.
 """
 
 from __future__ import annotations
@@ -27,6 +37,17 @@ from dlm_lsp.plan import InfillPlan, Hole
 from dlm_lsp.text import OPENERS, QUOTES, indent_of, line_end, line_start, split_lines, tokens
 
 _LONE_CR = re.compile(r"\r(?!\n)")
+_SUFFIX_CHARS = 2000  # how much of the text after a hole the suffix rules read
+# cut_at_suffix_overlap: this many non-space characters of the suffix, written by the
+# completion, mean it has reached the suffix; at the very end of a finished completion a
+# shorter run counts when at least OVERLAP_TAIL long (the canvas ended mid-repeat)
+OVERLAP_CHARS = 16
+OVERLAP_TAIL = 8
+# cut_runaway_repetition: copies of one line pattern (1-3 lines, literals aside) a completion
+# may write in a row when the lines above the cursor do not already have that pattern
+REPEAT_CAP = 4
+_REPEAT_PERIODS = (1, 2, 3)
+_LITERALS = re.compile(r"(?<![\w.])\d+(?:\.\d+)?|'(?:[^'\\\n]|\\.)*'|\"(?:[^\"\\\n]|\\.)*\"")
 
 
 @dataclass(frozen=True)
@@ -56,14 +77,23 @@ class Context:
     syntax: Syntax | None
     before: str  # the cursor line before hole.start
     after: str  # the line after hole.end, to its end
+    final: bool = True  # the text is all there is (False: decoding goes on, see scope_closed)
 
     @classmethod
-    def of(cls, plan: InfillPlan, index: int, document: str, syntax: Syntax | None) -> Context:
+    def of(cls, plan: InfillPlan, index: int, document: str, syntax: Syntax | None,
+           final: bool = True) -> Context:
         """The context of hole `index` of `plan`."""
         hole = plan.holes[index]
         before = document[line_start(document, hole.start) : hole.start]
         after = document[hole.end : line_end(document, hole.end)]
-        return cls(document, plan, hole, syntax, before, after)
+        return cls(document, plan, hole, syntax, before, after, final)
+
+    @property
+    def suffix(self) -> str:
+        """The document after the hole (after the closers the completion may replace), as far
+        as the suffix rules look."""
+        start = self.hole.end + len(self.hole.stop.closers)
+        return self.document[start : start + _SUFFIX_CHARS]
 
     @property
     def blank_before(self) -> bool:
@@ -120,14 +150,88 @@ def cut_at_block_exit(draft: Draft, ctx: Context) -> Draft | None:
     quote = _quote_state(ctx.before)
     closing = _first_closing_line(lines, quote)
     keep = len(lines) if closing is None or stop.single_line else closing + 1
+    if closing is not None and keep == closing + 1 and _suffix_closes_too(lines, closing, ctx):
+        keep = closing  # the suffix has that closing line already
+    min_indent = stop.min_indent
+    first = indent_of(lines[0]) + (len(ctx.before) if ctx.blank_before else 0)
+    if lines[0].strip() and not stop.first_line_free and first in stop.dedent_to:
+        min_indent = first  # an `elif`, a `return` after a loop: the block goes on from there
     for i, line in enumerate(lines[:keep]):
-        if stop.min_indent is None or not line.strip() or (i == 0 and stop.first_line_free):
+        if min_indent is None or not line.strip() or (i == 0 and stop.first_line_free):
             continue
         indent = indent_of(line) + (len(ctx.before) if i == 0 and ctx.blank_before else 0)
-        if indent < stop.min_indent:
+        if indent < min_indent:
             keep = i + 1 if i == closing and line.strip()[0] in ")]}" else i
             break
     return _with_text(draft, "\n".join(lines[:keep]))
+
+
+def cut_at_suffix_overlap(draft: Draft, ctx: Context) -> Draft | None:
+    """Cut where the completion starts writing the text after the hole.
+
+    An autoregressive model that reads no suffix runs on into the code that follows (the
+    next dict entries, the rest of the function); the first place from which the completion
+    equals the suffix's first `OVERLAP_CHARS` non-space characters (whitespace aside: the
+    model's indentation or blank lines may differ) is where the hole ends. When the suffix
+    starts with whitespace the completion's trailing whitespace goes too (the suffix brings
+    its own line break).
+    """
+    suffix = ctx.suffix
+    target = "".join(suffix.split())[:OVERLAP_CHARS]
+    if len(target) < OVERLAP_TAIL:
+        return draft  # too little text after the hole to tell a repeat from a coincidence
+    text = draft.text
+    chars = [(c, i) for i, c in enumerate(text) if not c.isspace()]
+    norm = "".join(c for c, _ in chars)
+    # unfinished: only a match on finished lines is final (the last line may still change)
+    finished = len(text) if ctx.final else text.rfind("\n")
+    at = norm.find(target)
+    cut = None
+    if at >= 0 and chars[at + len(target) - 1][1] < finished:
+        cut = chars[at][1]
+    elif ctx.final:  # the canvas ended mid-repeat: the completion's tail starts the suffix
+        for k in range(max(0, len(norm) - len(target) + 1), len(norm) - OVERLAP_TAIL + 1):
+            if target.startswith(norm[k:]):
+                cut = chars[k][1]
+                break
+    line_cut = _repeats_next_line(text, ctx, finished)
+    if line_cut is not None and (cut is None or line_cut < cut):
+        cut = line_cut
+    if cut is None:
+        return draft
+    kept = text[:cut]
+    if suffix[:1].isspace() or (cut > 0 and text[cut - 1] == "\n"):
+        kept = kept.rstrip()
+    return _with_text(draft, kept)
+
+
+def cut_runaway_repetition(draft: Draft, ctx: Context) -> Draft | None:
+    """Stop a completion that repeats one line pattern (1–3 lines, string and number
+    literals aside) more than `REPEAT_CAP` times in a row, unless the lines just above the
+    cursor have a line of the pattern already (a table, an `elif` chain the file is writing: the
+    suffix rules end those). A degenerate loop (``if x == 0: return 0``, ``if x == 1: ...``)
+    is cut after its last plausible copy."""
+    lines = split_lines(draft.text)
+    finished = len(lines) if ctx.final else len(lines) - 1
+    absolute = [ctx.before + lines[0], *lines[1:]] if ctx.blank_before else list(lines)
+    shapes = [_shape(line) for line in absolute[:finished]]
+    above = [_shape(line) for line in _lines_above(ctx.document, ctx.hole.start, 6)]
+    for period in _REPEAT_PERIODS:
+        for start in range(0, finished - period * (REPEAT_CAP + 1) + 1):
+            unit = shapes[start : start + period]
+            if not all(unit) or not any(_WORDY.search(line)
+                                        for line in absolute[start : start + period]):
+                continue  # blank lines, a run of `}` closing nested blocks
+            copies = 1
+            while shapes[start + copies * period : start + (copies + 1) * period] == unit:
+                copies += 1
+            if copies <= REPEAT_CAP:
+                continue
+            if any(shape in above for shape in unit):
+                continue  # the file's own pattern (a line of it is just above), not a loop
+            keep = start + REPEAT_CAP * period
+            return _with_text(draft, "\n".join(lines[:keep]))
+    return draft
 
 
 def cap_lines(draft: Draft, ctx: Context) -> Draft | None:
@@ -220,6 +324,8 @@ FILTERS: tuple[Filter, ...] = (
     keep_first_line,
     cut_at_block_exit,
     cap_lines,
+    cut_at_suffix_overlap,
+    cut_runaway_repetition,
     drop_suffix_repeat,
     strip_trailing_whitespace,
     replace_closers,
@@ -230,6 +336,9 @@ FILTERS: tuple[Filter, ...] = (
 # the filters that decide where the plan's scope ends (the rest only tidy what is kept)
 SCOPE_FILTERS: tuple[Filter, ...] = (normalize_newlines, drop_leading_blank_lines,
                                      keep_first_line, cut_at_block_exit, cap_lines)
+# the ones that judge what the text says (not only its lines' indentation and count): on an
+# unfinished text they read finished lines only, so a cut they make is final
+CONTENT_FILTERS: tuple[Filter, ...] = (cut_at_suffix_overlap, cut_runaway_repetition)
 
 
 def scope_closed(plan: InfillPlan, index: int, generated: str, *, text: str,
@@ -239,7 +348,7 @@ def scope_closed(plan: InfillPlan, index: int, generated: str, *, text: str,
     line left the block, the line cap was passed). Decoding can stop there."""
     if "\n" not in generated:
         return False
-    ctx = Context.of(plan, index, text, syntax)
+    ctx = Context.of(plan, index, text, syntax, final=False)
     draft: Draft | None = Draft(generated, ctx.hole.end)
     draft = normalize_newlines(draft, ctx)
     draft = drop_leading_blank_lines(draft, ctx) if draft is not None else None
@@ -253,7 +362,13 @@ def scope_closed(plan: InfillPlan, index: int, generated: str, *, text: str,
         kept = step(kept, ctx) if kept is not None else None
     count = 0 if kept is None else len(split_lines(kept.text))
     # the first line cut off has text (its indent is final), or a later line has begun
-    return count < len(lines) - 1 or (count < len(lines) and bool(lines[count].strip()))
+    if count < len(lines) - 1 or (count < len(lines) and bool(lines[count].strip())):
+        return True
+    for step in CONTENT_FILTERS:
+        cut = step(draft, ctx)
+        if cut is None or cut.text != draft.text:
+            return True
+    return False
 
 
 def finish(
@@ -278,6 +393,66 @@ def document_eol(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+_WORDY = re.compile(r"[A-Za-z_]\w")
+_ELSE_IF = re.compile(r"^(\s*)(?:elif|else if|elsif)\b")
+
+
+def _shape(line: str) -> str:
+    """A line with its string and number literals replaced (a pattern's copies differ
+    only there): `'one': 1,` and `'two': 2,` have one shape, `x0 = 0` and `x1 = 1` two;
+    `elif c == 'b':` has the shape of `if c == 'a':`."""
+    if not line.strip():
+        return ""
+    # an `elif` chain continues the `if` it follows (`else if` likewise)
+    return _ELSE_IF.sub(r"\1if", _LITERALS.sub("#", line.rstrip()))
+
+
+def _repeats_next_line(text: str, ctx: Context, finished: int) -> int | None:
+    """Where the first finished line of `text` that is the suffix's next non-blank line
+    (whitespace aside) starts, or None. A line of a few characters (`pass`, `}`) counts only
+    when the line after it is the suffix's second line too."""
+    following = ["".join(line.split()) for line in ctx.suffix.split("\n")[1:]
+                 if line.strip()][:2]
+    if not following:
+        return None
+    judged = text if ctx.final else text[: max(0, finished)]  # finished lines only
+    lines = judged.split("\n") if judged else []
+    starts, pos = [], 0
+    for line in lines:
+        starts.append(pos)
+        pos += len(line) + 1
+    for i in range(0 if ctx.blank_before else 1, len(lines)):
+        if "".join(lines[i].split()) != following[0]:
+            continue
+        if len(following[0]) >= OVERLAP_TAIL - 2 and _WORDY.search(following[0]):
+            return starts[i]
+        rest = ["".join(line.split()) for line in lines[i + 1 :] if line.strip()]
+        if len(following) > 1 and rest[:1] == following[1:2]:
+            return starts[i]
+    return None
+
+
+def _lines_above(document: str, pos: int, count: int) -> list[str]:
+    """The last `count` non-blank lines before the line holding `pos`."""
+    head = document[max(0, line_start(document, pos) - 4000) : line_start(document, pos)]
+    return [line for line in head.split("\n") if line.strip()][-count:]
+
+
+def _suffix_closes_too(lines: list[str], closing: int, ctx: Context) -> bool:
+    """Whether the completion's closing line (a closer first) is the suffix's next line:
+    the same closer at the same indentation (then the document already closes it)."""
+    line = lines[closing]
+    if not line.strip() or line.strip()[0] not in ")]}":
+        return False
+    indent = indent_of(line) + (len(ctx.before) if closing == 0 and ctx.blank_before else 0)
+    following = ctx.after if ctx.after.strip() else next(
+        (l for l in ctx.suffix.split("\n")[1:] if l.strip()), "")
+    if not following.strip() or following.strip()[0] != line.strip()[0]:
+        return False
+    base = len(ctx.before) + indent_of(ctx.after) if following is ctx.after else 0
+    return indent_of(following) + base == indent
 
 
 def _indent_text(line: str) -> str:

@@ -36,6 +36,13 @@ class Settings:
     strategy: str | None = None
     draft_length: int = 8  # speculative: tokens drafted (and checked in the same call) per step
     token_healing: bool = True  # back the context off to a token boundary at each hole
+    # suffix-likelihood reranking (dlm_lsp.rerank): candidates per hole, scored with the code
+    # after the hole (0 = off); for dlm/fill, and for inline completions
+    suffix_rerank: int = 2
+    inline_suffix_rerank: int = 1
+    # dlm/fill with a model that reads no suffix: the lines after the hole go ahead of the
+    # prefix in its context, so that it knows the names they use
+    suffix_first: bool = True
     # context budget before the cursor; None = the model's: all the context that the suffix
     # leaves for a causal model (its cached prefix costs almost nothing per keystroke), else 384
     prefix_tokens: int | None = None
@@ -71,7 +78,7 @@ def _snake(name: str) -> str:
 
 def _check(name: str, value: Any) -> Any:
     """Validate one field's value; raise ValueError with a reason when it is unusable."""
-    if name in ("enable", "context_cache", "token_healing"):
+    if name in ("enable", "context_cache", "token_healing", "suffix_first"):
         if not isinstance(value, bool):
             raise ValueError("expected true or false")
     elif name == "languages":
@@ -116,12 +123,13 @@ def _check(name: str, value: Any) -> Any:
             value = float(value)
     elif name in ("max_steps", "prefix_tokens", "suffix_tokens", "max_block_lines",
                   "max_document_bytes", "threads", "debounce_ms", "context_cache_mb",
-                  "draft_length"):
+                  "draft_length", "suffix_rerank", "inline_suffix_rerank"):
         if value is None and name in ("max_steps", "prefix_tokens"):
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError("expected an integer")
-        low = 0 if name in ("threads", "debounce_ms", "draft_length") else 1
+        low = 0 if name in ("threads", "debounce_ms", "draft_length", "suffix_rerank",
+                            "inline_suffix_rerank") else 1
         if value < low:
             raise ValueError(f"expected an integer ≥ {low}")
     return value

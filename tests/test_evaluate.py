@@ -130,3 +130,32 @@ def test_eval_command_rejects_a_bad_file(tmp_path, capsys):
     bad.write_text('{"prefix": "x"}\nnot json\n')
     assert main(["eval", str(bad)]) == 2
     assert "bad.jsonl" in capsys.readouterr().err
+
+
+def test_eval_through_inline_completion_with_settings_and_an_ablation(tmp_path, capsys):
+    from dlm_lsp import postprocess
+    from dlm_lsp.cli import main
+
+    model = synthetic_model(tmp_path / "model")
+    out = tmp_path / "results.jsonl"
+    filters = postprocess.FILTERS
+    try:
+        code = main(["eval", str(DATA / "humaneval_tiny.jsonl"), "--model", str(model),
+                     "--strategy", "left_to_right", "--path", "complete", "--threads", "1",
+                     "--set", "inlineSuffixRerank=0", "--ablate", "repeat", "--no-tests",
+                     "--json", "--out", str(out), "--no-progress"])
+        assert postprocess.cut_runaway_repetition not in postprocess.FILTERS
+    finally:
+        postprocess.FILTERS = filters
+        postprocess.CONTENT_FILTERS = (postprocess.cut_at_suffix_overlap,
+                                       postprocess.cut_runaway_repetition)
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["path"] == "complete" and report["settings"] == {"inlineSuffixRerank": 0}
+    assert report["ablated"] == ["repeat"]
+    (row,) = report["configs"]
+    assert row["tasks"] == 3 and row["errors"] == 0
+    for kind in row["by_kind"].values():
+        assert {"exact_match", "similarity", "empty", "latency_p50_ms"} <= set(kind)
+    assert main(["eval", str(DATA / "humaneval_tiny.jsonl"), "--model", str(model),
+                 "--set", "suffixRerank=-1", "--no-progress"]) == 2

@@ -362,3 +362,19 @@ def test_fills_use_the_whole_prefix_budget_without_hysteresis():
     plans = [plan_holes(LONG, [(offset, offset)], None, None, buckets=BUCKETS, settings=s,
                         count_tokens=by_thirds, language_id="plaintext") for s in (steady, plain)]
     assert plans[0].segments == plans[1].segments
+
+
+def test_blank_line_may_dedent_to_the_enclosing_blocks():
+    _, _, plan = plan_at("python", "def f(s):\n    for c in s:\n        if c:\n"
+                                   "            x = 1\n█\n")
+    stop = plan.holes[0].stop
+    assert stop.min_indent == 12 and stop.dedent_to == (8, 4, 0)
+
+
+def test_no_dedent_under_an_opener_in_leading_whitespace_or_in_braces():
+    _, _, plan = plan_at("python", "def f(s):\n    if s:\n█\n")
+    assert plan.holes[0].stop.dedent_to == ()  # the body would be empty
+    _, _, plan = plan_at("python", "def f(s):\n    if s:\n        x = 1\n    █\n")
+    assert plan.holes[0].stop.dedent_to == ()  # typed indentation: nothing to its left
+    _, _, plan = plan_at("javascript", "function f() {\n  if (a) {\n    b();\n█\n  }\n}\n")
+    assert plan.holes[0].stop.dedent_to == ()

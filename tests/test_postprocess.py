@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from dlm_lsp.languages import syntax_for
 from dlm_lsp.modelcard import DEFAULT_CANVAS_BUCKETS as BUCKETS
 from dlm_lsp.plan import plan_completion, plan_holes
-from dlm_lsp.postprocess import Completion, document_eol, finish
+from dlm_lsp.postprocess import Completion, document_eol, finish, scope_closed
 
 CURSOR = "█"
 
@@ -35,6 +35,8 @@ def ITEMS(count: int, pattern: str) -> str:  # noqa: N802 - reads as a table con
     return "\n".join(pattern.format(i) for i in range(count)).lstrip()
 
 
+ELIF_CHAIN = "\n".join(f"    elif x == '{c}':\n        return {i}"
+                       for i, c in enumerate("bcdefg")).lstrip()
 BLOCK_16 = "\n" + "\n".join(f"    x{i} = {i}" for i in range(16))
 
 GOLDEN = [
@@ -92,6 +94,51 @@ GOLDEN = [
      "\n    a = 1\n    return a", 0),
     ("whitespace", "javascript", "foo(█);\n", "   ", None, 0),
     ("whitespace", "plaintext", "a█b\n", "x ", "x ", 0),
+    # (i) a blank line's first line dedents to an enclosing block (and the block goes on
+    # from that level); a level no block opens, or one inside a brace language, does not
+    ("dedent", "python",
+     "for c in s:\n    if c == '(':\n        d += 1\n█\n        d -= 1\nprint(d)\n",
+     "    elif c == ')':\n        d -= 2\nprint(0)", "    elif c == ')':\n        d -= 2", 0),
+    ("dedent", "python", "def f(xs):\n    for x in xs:\n        if x:\n            return x\n█",
+     "    return None\n\n\ndef g():\n    pass", "    return None", 0),
+    ("dedent", "python", "def f(xs):\n    for x in xs:\n        y = x\n█", "  z = 1", None, 0),
+    ("dedent", "python", "def f(x):\n    if x:\n█", "    return 1", None, 0),
+    ("dedent", "javascript", "function f() {\n  if (a) {\n    b();\n█\n}\n", "  c();", None, 0),
+    # (j) where the completion reaches the suffix (whitespace aside), it ends
+    ("suffix_overlap", "python", "D = {\n    'one': 1,\n█\n    'three': 3,\n    'four': 4,\n}\n",
+     "    'two': 2,\n    'three': 3,\n    'four': 4,\n    'five': 5,", "    'two': 2,", 0),
+    ("suffix_overlap", "python", "def f(x):\n    y = x█\n    return y * 2\n",
+     " + 1\n        return y * 2\n\n\nprint(f(1))", " + 1", 0),
+    ("suffix_overlap", "plaintext", "one two thr█ee four five six seven\n",
+     "ee four five six seven eight", None, 0),
+    ("suffix_overlap", "python", "x = compute(alpha, be█ta, gamma, delta)\n",
+     "ta_0, beta, gamma, delta)", "ta_0, be", 0),  # be + ta_0, be + ta, gamma...
+    ("suffix_overlap", "python",
+     "def f(s):\n    for c in s:\n        if c:\n            depth = 1\n█\n"
+     "            depth -= 1\n    return depth\n",
+     "        elif c == ')':\n            depth  -=  1\n        else:\n            depth = 0",
+     "        elif c == ')':", 0),
+    # a short line (`pass`, `}`) is the suffix's only when the next one is too
+    ("suffix_overlap", "python", "def f():\n    █\n    pass\n    return 1\n",
+     "x = 1\n    pass\n    y = 2", "x = 1\n    pass\n    y = 2", 0),
+    ("suffix_overlap", "javascript", "function f() {\n  if (a) {\n    █\n  }\n}\n",
+     "b();\n  }\n}", "b();", 0),
+    # (k) a line pattern the model loops on stops after REPEAT_CAP copies; one the file
+    # already has (a table, an elif chain) does not
+    ("repetition", "python", "def f(x):\n    █\n",
+     "\n".join(f"    if x == {i}:\n        return {i}" for i in range(8)).lstrip(),
+     "\n".join(f"    if x == {i}:\n        return {i}" for i in range(4)).lstrip(), 0),
+    ("repetition", "python", "def f(x):\n    if x == 'a':\n        return 1\n    █\n",
+     ELIF_CHAIN, ELIF_CHAIN, 0),
+    ("repetition", "python", "NAMES = {\n    'zero': 0,\n    'one': 1,\n    █\n",
+     "\n".join(f"    'n{i}': {i}," for i in range(2, 10)).lstrip(),
+     "\n".join(f"    'n{i}': {i}," for i in range(2, 10)).lstrip(), 0),
+    ("repetition", "python", "KEYWORDS = [\n    █\n",
+     "\n".join("    'def', 'def', 'def'," for i in range(8)).lstrip(),
+     "\n".join("    'def', 'def', 'def'," for i in range(4)).lstrip(), 0),
+    ("repetition", "python", "def f():\n    █\n",
+     "\n".join(f"    x{i} = {i}" for i in range(8)).lstrip(),
+     "\n".join(f"    x{i} = {i}" for i in range(8)).lstrip(), 0),
 ]
 
 
@@ -112,7 +159,7 @@ def test_at_least_three_cases_per_filter():
     kinds: dict[str, int] = {}
     for kind, *_ in GOLDEN:
         kinds[kind] = kinds.get(kind, 0) + 1
-    assert len(kinds) == 8 and min(kinds.values()) >= 3
+    assert len(kinds) == 11 and min(kinds.values()) >= 3
 
 
 @pytest.mark.parametrize(("document", "generated", "after"), [
@@ -163,3 +210,41 @@ def test_finish_never_crashes_and_stays_in_the_document(text, generated, data, l
         assert completion.start == offset <= completion.end <= len(text)
         assert completion.text.strip()
         assert "\r" not in completion.text or "\r" in text
+
+
+def closed_at(language: str, document: str, generated: str) -> bool:
+    offset = document.index(CURSOR)
+    text = document.replace(CURSOR, "")
+    syntax = syntax_for(language)
+    tree = syntax.parser().parse(text.encode()) if syntax else None
+    plan = plan_completion(text, offset, tree, syntax, buckets=BUCKETS,
+                           count_tokens=lambda s: len(s) // 3, language_id=language)
+    return scope_closed(plan, 0, generated, text=text, syntax=syntax)
+
+
+DICT = "D = {\n    'one': 1,\n█\n    'three': 3,\n    'four': 4,\n}\n"
+
+
+@pytest.mark.parametrize(("generated", "closed"), [
+    ("    'two': 2,\n", False),  # the suffix is not reached yet
+    ("    'two': 2,\n    'three': 3", False),  # the line may still go on
+    ("    'two': 2,\n    'three': 3,\n", True),  # a finished line is the suffix's
+])
+def test_decoding_stops_where_the_suffix_begins(generated, closed):
+    assert closed_at("python", DICT, generated) is closed
+
+
+def test_decoding_stops_at_a_runaway_pattern_and_finish_agrees():
+    document = "def f(x):\n    █\n"
+    copies = [f"    if x == {i}:\n        return {i}\n" for i in range(6)]
+    loop = "".join(copies).lstrip()
+    assert not closed_at("python", document, "".join(copies[:4]).lstrip())
+    assert closed_at("python", document, loop)
+    completion, _ = complete("python", document, loop)
+    assert completion.text == "".join(copies[:4]).lstrip().rstrip("\n")
+
+
+def test_decoding_stops_at_a_dedented_line_below_the_dedent():
+    document = "for c in s:\n    if c:\n        d = 1\n█\nprint(d)\n"
+    assert not closed_at("python", document, "    elif c == 2:\n        d = 2\n")
+    assert closed_at("python", document, "    elif c == 2:\n        d = 2\nprint")

@@ -7,8 +7,10 @@ Two task formats are read, one JSON object a line (gzip when the name ends in .g
 * plain FIM: ``prefix, suffix, middle`` (optional ``task_id``, ``language``, ``kind``,
   ``test``, ``entry_point``), as `python -m model_export heldout` writes.
 
-Each task is filled as the server fills a hole (`Engine.fill_text` on prefix + suffix, one
-empty range at the cursor) under every sampler configuration of the sweep, and scored:
+Each task is filled as the server fills a hole — `dlm/fill`'s `Engine.fill_text` on prefix +
+suffix, one empty range at the cursor, or with ``--path complete`` an inline completion's
+`Engine.complete_text` at the cursor — under every sampler configuration of the sweep (and the
+wire settings of ``--set``; ``--ablate`` turns completion rules off), and scored:
 
 * exact match of the middle after dropping trailing whitespace on every line and at the end;
 * pass@1 (one greedy sample) when the task has a test: prefix + fill + suffix + test +
@@ -196,12 +198,41 @@ class Outcome:
         return out
 
 
-class Filler:
-    """Fills one hole per call through the Engine, under one sweep configuration at a time."""
+PATHS = ("fill", "complete")
+ABLATIONS = ("dedent", "overlap", "repeat")
 
-    def __init__(self, engine: Any) -> None:
+
+def ablate(rules: Sequence[str]) -> None:
+    """Turn completion rules off in this process (a measurement, not a setting):
+    "dedent" (a blank line's first line may not dedent), "overlap" (no cut where the
+    completion reaches the suffix), "repeat" (no cut of a runaway line pattern)."""
+    from .. import plan, postprocess
+
+    gone = set()
+    if "overlap" in rules:
+        gone.add(postprocess.cut_at_suffix_overlap)
+    if "repeat" in rules:
+        gone.add(postprocess.cut_runaway_repetition)
+    postprocess.FILTERS = tuple(f for f in postprocess.FILTERS if f not in gone)
+    postprocess.CONTENT_FILTERS = tuple(f for f in postprocess.CONTENT_FILTERS if f not in gone)
+    if "dedent" in rules:
+        plan.enclosing_levels = lambda *args, **kwargs: []
+
+
+class Filler:
+    """Fills one hole per call through the Engine, under one sweep configuration at a time.
+
+    `path` is which server request the fill goes through: "fill" (`dlm/fill`:
+    `Engine.fill_text`, one gap at the cursor) or "complete" (inline completion:
+    `Engine.complete_text` at the cursor, the plan and stop rules an editor's request gets).
+    """
+
+    def __init__(self, engine: Any, path: str = "fill") -> None:
+        if path not in PATHS:
+            raise ValueError(f"path {path!r}: expected one of {', '.join(PATHS)}")
         self.engine = engine
         self.settings = engine.settings
+        self.path = path
 
     def configure(self, config: Config) -> None:
         """Take a configuration's sampler settings for the next fills (one loaded model)."""
@@ -223,6 +254,14 @@ class Filler:
             true_length = self.engine.count_tokens(task.middle) + 1  # + end-of-span
             kwargs["canvas_lengths"] = [self.engine.card.bucket_for(true_length)]
         started = time.perf_counter()
+        if self.path == "complete":
+            if kwargs:
+                raise ValueError("an oracle canvas length needs the fill path")
+            done = self.engine.complete_text(text, at, task.language_id, settings=self.settings)
+            elapsed = time.perf_counter() - started
+            c = done.completion
+            edit = None if c is None else (c.start, c.end, c.text)
+            return edit, done.steps, done.tokens, elapsed
         result = self.engine.fill_text(text, [(at, at)], task.language_id,
                                        settings=self.settings, **kwargs)
         elapsed = time.perf_counter() - started
@@ -283,6 +322,9 @@ def summarize_outcomes(outcomes: Iterable[Outcome]) -> list[dict[str, Any]]:
             "by_kind": {
                 kind: {"tasks": len(items),
                        "exact_match": mean([float(o.exact_match) for o in items]),
+                       "similarity": mean([o.similarity for o in items]),
+                       "empty": mean([float(not o.middle.strip()) for o in items]),
+                       "latency_p50_ms": summarize([o.elapsed_s * 1000 for o in items])["p50"],
                        "steps": mean([o.steps for o in items])}
                 for kind, items in sorted(kinds.items())
             },
@@ -307,11 +349,14 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     table = format_table(headers, body, digits=1)
     kinds = sorted({k for row in rows for k in row["by_kind"]})
     if len(kinds) > 1:
-        headers = ["config"] + [f"{k} exact%" for k in kinds]
-        body = [[row["label"]] + [
-            None if k not in row["by_kind"] else 100 * row["by_kind"][k]["exact_match"]
-            for k in kinds] for row in rows]
-        table += "\n\n" + format_table(headers, body, digits=1)
+        for metric, name in (("exact_match", "exact%"), ("similarity", "sim%"),
+                             ("empty", "empty%")):
+            headers = ["config"] + [f"{k} {name}" for k in kinds]
+            body = [[row["label"]] + [
+                None if k not in row["by_kind"] or row["by_kind"][k].get(metric) is None
+                else 100 * row["by_kind"][k][metric]
+                for k in kinds] for row in rows]
+            table += "\n\n" + format_table(headers, body, digits=1)
     return table
 
 
@@ -395,6 +440,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="comma list of confidence thresholds; 'card' = the model's")
     parser.add_argument("--canvas", type=_choice_list(CANVAS_POLICIES), default=["auto"],
                         help="canvas length policy: auto (planner) and/or oracle (true length)")
+    parser.add_argument("--path", choices=PATHS, default="fill",
+                        help="the server request each task goes through: fill (dlm/fill, "
+                        "the default) or complete (inline completion at the cursor)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="ONNX Runtime threads (0: one per physical core)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                        help="a setting as on the wire (camelCase), e.g. suffixRerank=4; "
+                        "repeatable")
+    parser.add_argument("--ablate", type=_choice_list(ABLATIONS), default=[],
+                        help="comma list of completion rules to turn off, to measure what "
+                        "each is worth: " + ", ".join(ABLATIONS))
     parser.add_argument("--no-tests", action="store_true", help="skip pass@1 (no sandbox runs)")
     parser.add_argument("--no-heal", action="store_true",
                         help="turn token healing off (measure what it is worth)")
@@ -436,14 +492,30 @@ def run(args: argparse.Namespace) -> int:
     if not tasks:
         print(f"dlm-lsp eval: {args.file} has no tasks", file=sys.stderr)
         return 2
+    from ..settings import parse_settings
+
+    base = Settings(device=getattr(args, "device", None) or "auto",
+                    threads=getattr(args, "threads", 0),
+                    token_healing=not getattr(args, "no_heal", False))
+    raw: dict[str, Any] = {}
+    for item in getattr(args, "set", []):
+        key, _, value = item.partition("=")
+        try:
+            raw[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            raw[key.strip()] = value
+    if getattr(args, "ablate", None):
+        ablate(args.ablate)
+    settings, problems = parse_settings(raw, base)
+    if problems:
+        print("dlm-lsp eval: " + "; ".join(problems), file=sys.stderr)
+        return 2
     try:
-        engine = Engine(getattr(args, "model", None),
-                        Settings(device=getattr(args, "device", None) or "auto",
-                                 token_healing=not getattr(args, "no_heal", False)))
+        engine = Engine(getattr(args, "model", None), settings)
     except ModelError as exc:
         print(f"dlm-lsp eval: {exc}", file=sys.stderr)
         return 2
-    fill = Filler(engine)
+    fill = Filler(engine, getattr(args, "path", "fill"))
     configs = sweep(args.strategy, args.steps, args.threshold, args.canvas)
     limits = SandboxLimits(timeout_s=args.timeout, cpu_s=max(1, int(args.timeout)),
                            memory_mb=args.memory_mb)
@@ -459,6 +531,9 @@ def run(args: argparse.Namespace) -> int:
         "model": engine.card.name,
         "model_version": engine.card.version,
         "provider": engine.provider,
+        "path": fill.path,
+        "settings": raw,
+        "ablated": list(getattr(args, "ablate", [])),
         "sandbox": isolation_report() if any(t.test for t in tasks) and not args.no_tests
         else None,
         "seconds": round(time.perf_counter() - started, 2),
@@ -470,7 +545,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({**header, "configs": rows}, indent=2))
     else:
         print(f"model {header['model']} {header['model_version']} on {header['provider']}; "
-              f"{len(tasks)} tasks from {args.file}; {header['seconds']} s")
+              f"{len(tasks)} tasks from {args.file} through {fill.path}"
+              f"{' ' + json.dumps(raw) if raw else ''}; {header['seconds']} s")
         if header["sandbox"]:
             print("sandbox: " + ", ".join(k for k, v in header["sandbox"].items() if v))
         print(render_table(rows))
