@@ -511,7 +511,7 @@ class Engine:
         first = layout.canvas_positions[0][0]
         calls = 0
 
-        def call(ids, positions):
+        def logits_of(ids, positions):
             nonlocal calls
             if cancelled():
                 raise Cancelled
@@ -525,7 +525,7 @@ class Engine:
             head = list(greedy[:free])
             ids = np.asarray([anchor, *head], np.int64)
             positions = np.arange(first - 1, first + len(head), dtype=np.int64)
-            logits = call(ids, positions)[-1]
+            logits = logits_of(ids, positions)[-1]
             taken = greedy[free] if free < len(greedy) else -1
             options = [t for t in rerank_mod.alternatives(logits, taken, None, k + 8)
                        if self.healer.text_of(t)][: k - 1]
@@ -563,7 +563,7 @@ class Engine:
                 suffix = text[completion.end : completion.end + 64 * rerank_mod.SUFFIX_TOKENS]
                 tokens, own = rerank_mod.score_tokens(forced + completion.text, suffix, encode)
                 logprobs = rerank_mod.token_logprobs(
-                    call(*rerank_mod.shifted_inputs(anchor, tokens, first)), tokens)
+                    logits_of(*rerank_mod.shifted_inputs(anchor, tokens, first)), tokens)
                 scored.append(rerank_mod.Scored(completion.text, float(logprobs[:own].sum()),
                                                 float(logprobs[own:].sum()), own, index))
                 kept.append(completion)
