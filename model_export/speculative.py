@@ -133,6 +133,60 @@ def speculative_decode(session: TargetSession, prompt: Sequence[int], n_new: int
     return Decoded(tokens=tokens, calls=calls, drafted=drafted, accepted=accepted)
 
 
+@dataclass
+class GreedyReference:
+    """A prompt's greedy continuation by the target, decoded one token per call, and the
+    session that decoded it (it holds the target's states of prompt + continuation but its
+    last token). Drafters are scored against it by `replay`."""
+
+    prompt: list[int]
+    continuation: list[int]
+    session: TargetSession
+
+
+def greedy_reference(target: Denoiser, prompt: Sequence[int], n_new: int,
+                     layers: Sequence[int]) -> GreedyReference:
+    session = TargetSession(target, layers)
+    decoded = speculative_decode(session, prompt, n_new, None, 0)
+    session.keys, session.values = [], []  # only the states are read from here on
+    return GreedyReference(list(prompt), decoded.tokens, session)
+
+
+class _Prefix:
+    """A read-only view of a reference session cut at the frontier: what a proposer sees in
+    the loop (the target's states of the positions before the frontier)."""
+
+    def __init__(self, session: TargetSession, length: int, extra: dict):
+        self.target, self.layers = session.target, session.layers
+        self.states, self.length, self.extra = session.states, length, extra
+
+
+def replay(reference: GreedyReference, propose: Proposer, draft_length: int) -> Decoded:
+    """`speculative_decode` without the target calls: since the loop is lossless, the text it
+    commits is the greedy continuation, and a check accepts exactly the draft's agreeing
+    prefix with it (the target's output at an accepted position is the one greedy decoding
+    computed). So tau is computed from the continuation alone, free of the numerical noise
+    of checking a batch of positions in bf16 (a near-tie can flip between a one-token call
+    and an eight-token one), and a proposer costs only its own passes."""
+    prompt, continuation = reference.prompt, reference.continuation
+    n_new = len(continuation)
+    extra: dict = {}
+    done = calls = drafted = accepted = 0
+    while done < n_new:
+        room = min(draft_length, n_new - done - 1)
+        history = prompt + continuation[:done]
+        view = _Prefix(reference.session, len(history) - 1, extra)
+        draft = list(propose(view, history, room))[:room] if room > 0 else []
+        agree = 0
+        while agree < len(draft) and draft[agree] == continuation[done + agree]:
+            agree += 1
+        calls += 1
+        drafted += len(draft)
+        accepted += agree
+        done += agree + 1
+    return Decoded(tokens=list(continuation), calls=calls, drafted=drafted, accepted=accepted)
+
+
 def drafter_proposer(drafter, min_confidence: float = 0.0) -> Proposer:
     """A proposer drafting with a trained `Drafter` (model_export.drafter) on the session's
     target features: the block [frontier, mask...] against every position before it. The
@@ -196,6 +250,7 @@ def tokens_per_call(results: Sequence[Decoded]) -> float:
     return sum(r.tau for r in results) / max(len(results), 1)
 
 
-__all__ = ["Decoded", "Proposer", "TargetSession", "confident_drafter_else_lookup",
-           "drafter_proposer", "lookup_then",
+__all__ = ["Decoded", "GreedyReference", "Proposer", "TargetSession",
+           "confident_drafter_else_lookup", "drafter_proposer", "greedy_reference",
+           "lookup_then", "replay",
            "speculative_decode", "tokens_per_call"]

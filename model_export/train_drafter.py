@@ -43,8 +43,9 @@ from dlm_lsp.draft import PromptLookup
 from .corpus import read_corpus
 from .drafter import Drafter, DrafterConfig
 from .model import Denoiser, DenoiserConfig, block_mask
-from .speculative import (TargetSession, confident_drafter_else_lookup, drafter_proposer,
-                          lookup_then, speculative_decode, tokens_per_call)
+from .speculative import (GreedyReference, TargetSession, confident_drafter_else_lookup,
+                          drafter_proposer, greedy_reference, lookup_then, replay,
+                          tokens_per_call)
 
 def load_target(path: Path, dtype=torch.bfloat16) -> Denoiser:
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
@@ -140,9 +141,9 @@ def block_labels(ids: torch.Tensor, final: torch.Tensor | None, anchors: torch.T
 
 class Trainer:
     def __init__(self, args, target: Denoiser, drafter: Drafter, windows: TrainWindows,
-                 cursors: list[list[int]], out: Path):
+                 references: list[GreedyReference], out: Path):
         self.args, self.target, self.drafter = args, target, drafter
-        self.windows, self.cursors, self.out = windows, cursors, out
+        self.windows, self.references, self.out = windows, references, out
         self.layers = drafter.cfg.target_layers
         self.optimizer = torch.optim.AdamW(drafter.parameters(), lr=args.lr,
                                            weight_decay=args.weight_decay, betas=(0.9, 0.95))
@@ -229,7 +230,7 @@ class Trainer:
     def evaluate(self) -> dict:
         self.drafter.eval()
         started = time.time()
-        taus = evaluate_tau(self.target, self.drafter, self.cursors, self.args.eval_tokens)
+        taus = evaluate_tau(self.target, self.drafter, self.references)
         self.drafter.train()
         return {**taus, "eval_seconds": round(time.time() - started, 1)}
 
@@ -242,13 +243,12 @@ class Trainer:
         print("curve " + json.dumps(point), flush=True)
 
 
-def evaluate_tau(target: Denoiser, drafter: Drafter, cursors: list[list[int]], n_new: int,
+def evaluate_tau(target: Denoiser, drafter: Drafter, references: list[GreedyReference],
                  draft_length: int | None = None) -> dict:
-    """Mean tokens per target call over `cursors` (prompts) for: the drafter, prompt lookup
-    alone, lookup-then-drafter (lookup when it matches >= 2 tokens, else the drafter), and
-    confident-drafter-else-lookup (the drafter when its first guess is >= 0.5 probable). One
-    prefilled session per cursor, copied for each proposer. Also checks that every proposer
-    committed the same text (the loop is lossless)."""
+    """Mean tokens per target call over the cursors' greedy references (`replay`) for: the
+    drafter, prompt lookup alone, lookup-then-drafter (lookup when it matches >= 2 tokens,
+    else the drafter), and confident-drafter-else-lookup (the drafter when its first guess
+    is >= 0.5 probable, else lookup if it has a draft). Drafts are block_size-1 long."""
     draft_length = draft_length or drafter.cfg.block_size - 1
     lookup = PromptLookup()
     drafter_propose = drafter_proposer(drafter)
@@ -258,22 +258,37 @@ def evaluate_tau(target: Denoiser, drafter: Drafter, cursors: list[list[int]], n
         "lookup_then_drafter": lookup_then(lookup, drafter_propose),
         "confident_drafter_else_lookup": confident_drafter_else_lookup(drafter_propose, lookup),
     }
-    results = {name: [] for name in proposers}
-    disagreements = 0
-    for prompt in cursors:
-        base = TargetSession(target, drafter.cfg.target_layers)
-        base.run(prompt[:-1])
-        texts = []
-        for name, propose in proposers.items():
-            decoded = speculative_decode(base.copy(), prompt, n_new, propose, draft_length)
-            results[name].append(decoded)
-            texts.append(decoded.tokens)
-        disagreements += any(t != texts[0] for t in texts)
+    results = {name: [replay(reference, propose, draft_length) for reference in references]
+               for name, propose in proposers.items()}
     out = {f"tau_{name}": round(tokens_per_call(r), 3) for name, r in results.items()}
     out["accept_rate_drafter"] = round(sum(d.accepted for d in results["drafter"]) /
                                        max(1, sum(d.drafted for d in results["drafter"])), 3)
-    out["cursors"], out["new_tokens"], out["texts_differ"] = len(cursors), n_new, disagreements
+    out["cursors"] = len(references)
+    out["new_tokens"] = len(references[0].continuation) if references else 0
     return out
+
+
+def greedy_references(target: Denoiser, cursors: list[list[int]], n_new: int,
+                      layers: list[int], cache: Path | None = None,
+                      tag: str = "") -> list[GreedyReference]:
+    """The target's greedy continuations of the validation cursors with its states (the
+    drafter's context), computed once and kept in `cache` (they depend on the target, the
+    cursors and the layers only, never on the drafter; `tag` names the target)."""
+    key = {"cursors": cursors, "n_new": n_new, "layers": list(layers), "tag": tag}
+    if cache is not None and cache.is_file():
+        saved = torch.load(cache, map_location="cpu", weights_only=False)
+        if saved["key"] == key:
+            references = []
+            for prompt, continuation, states in saved["references"]:
+                session = TargetSession(target, layers)
+                session.states, session.length = states, states.shape[1]
+                references.append(GreedyReference(prompt, continuation, session))
+            return references
+    references = [greedy_reference(target, prompt, n_new, layers) for prompt in cursors]
+    if cache is not None:
+        torch.save({"key": key, "references": [(r.prompt, r.continuation, r.session.states)
+                                               for r in references]}, cache)
+    return references
 
 
 def validation_cursors(texts: list[str], encode, count: int, prefix_tokens: int,
@@ -332,9 +347,9 @@ def add_train_drafter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--max-minutes", type=float, default=0, help="stop after (0: never)")
     p.add_argument("--max-steps", type=int, default=0, help="stop after (0: never)")
-    p.add_argument("--eval-cursors", type=int, default=24)
+    p.add_argument("--eval-cursors", type=int, default=48)
     p.add_argument("--eval-prefix", type=int, default=480, help="prompt tokens per cursor")
-    p.add_argument("--eval-tokens", type=int, default=40, help="greedy tokens per cursor")
+    p.add_argument("--eval-tokens", type=int, default=48, help="greedy tokens per cursor")
     p.add_argument("--no-eval", action="store_true", help="no validation tau")
     p.add_argument("--eval-only", action="store_true",
                    help="only the validation tau of --out/last.pt (or the untrained drafter)")
@@ -362,11 +377,13 @@ def train_drafter(args) -> dict:
     val_texts = [r["text"] for r in read_corpus(corpus / "val.jsonl.zst")]
     cursors = validation_cursors(val_texts, encode, args.eval_cursors, args.eval_prefix,
                                  args.eval_tokens, args.seed)
+    references = [] if args.no_eval else greedy_references(
+        target, cursors, args.eval_tokens, layers, out / "eval_references.pt", str(args.target))
     train_texts = [] if args.eval_only else \
         [r["text"] for r in read_corpus(corpus / "train.jsonl.zst")]
     windows = TrainWindows(train_texts, encode, args.window,
                            args.min_context + args.block_size + 1, args.seed)
-    trainer = Trainer(args, target, drafter, windows, cursors, out)
+    trainer = Trainer(args, target, drafter, windows, references, out)
     last = out / "last.pt"
     if args.resume and last.is_file():
         trainer.load(last)

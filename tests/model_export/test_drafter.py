@@ -10,7 +10,8 @@ from dlm_lsp.draft import PromptLookup
 from model_export.drafter import Drafter, DrafterConfig
 from model_export.model import Denoiser, DenoiserConfig, block_mask
 from model_export.speculative import (TargetSession, confident_drafter_else_lookup,
-                                      drafter_proposer, lookup_then, speculative_decode)
+                                      drafter_proposer, greedy_reference, lookup_then, replay,
+                                      speculative_decode)
 from model_export.train_drafter import (TrainWindows, add_train_drafter_arguments,
                                         block_labels, evaluate_tau, position_weights,
                                         sample_anchors, train_drafter)
@@ -138,9 +139,30 @@ def test_drafter_drafts_in_the_loop_and_combined_proposers_stay_lossless():
                      confident_drafter_else_lookup(propose, lookup, threshold=0.99)):
         decoded = speculative_decode(TargetSession(target, [1, 3]), prompt, n_new, proposer, 3)
         assert decoded.tokens == greedy
-    taus = evaluate_tau(target, drafter, [prompt, _prompt(4)], n_new)
-    assert taus["texts_differ"] == 0 and taus["cursors"] == 2
+    references = [greedy_reference(target, p, n_new, [1, 3]) for p in (prompt, _prompt(4))]
+    assert references[0].continuation == greedy
+    taus = evaluate_tau(target, drafter, references)
+    assert taus["cursors"] == 2 and taus["new_tokens"] == n_new
     assert all(1.0 <= taus[f"tau_{k}"] <= 4.0 for k in ("drafter", "lookup"))
+
+
+def test_replay_against_the_greedy_reference_counts_what_the_loop_counts():
+    """Scoring a proposer against the greedy continuation (no target calls) gives the calls
+    and acceptances of the real draft-and-check loop, drafter and lookup alike."""
+    target = _target()
+    drafter = _drafter(target)
+    lookup = PromptLookup()
+    for seed in (5, 6):
+        prompt = _prompt(seed, 24)
+        reference = greedy_reference(target, prompt, 14, [1, 3])
+        assert reference.session.states.shape[1] == len(prompt) + 13
+        for make in (lambda: drafter_proposer(drafter), lambda: lambda s, h, n: lookup.draft(h, n),
+                     lambda: lookup_then(lookup, drafter_proposer(drafter))):
+            loop = speculative_decode(TargetSession(target, [1, 3]), prompt, 14, make(), 3)
+            replayed = replay(reference, make(), 3)
+            assert loop.tokens == replayed.tokens == reference.continuation
+            assert (loop.calls, loop.accepted, loop.drafted) == \
+                (replayed.calls, replayed.accepted, replayed.drafted)
 
 
 def test_labels_anchors_and_weights():
