@@ -147,7 +147,8 @@ class Trainer:
         self.layers = drafter.cfg.target_layers
         self.optimizer = torch.optim.AdamW(drafter.parameters(), lr=args.lr,
                                            weight_decay=args.weight_decay, betas=(0.9, 0.95))
-        self.weights = position_weights(drafter.cfg.block_size, args.gamma)
+        self.device = target.embed.weight.device
+        self.weights = position_weights(drafter.cfg.block_size, args.gamma).to(self.device)
         self.generator = torch.Generator().manual_seed(args.seed)
         self.step = self.tokens = self.blocks = 0
         self.train_seconds = 0.0
@@ -170,7 +171,7 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=False)
-        self.drafter.load_state_dict(state["drafter"])
+        self.drafter.load_state_dict(state["drafter"])  # (onto the drafter's device)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.tokens = state["step"], state["tokens_seen"]
         self.blocks, self.train_seconds = state["blocks_seen"], state["train_seconds"]
@@ -189,22 +190,23 @@ class Trainer:
         rows = [self.windows.next() for _ in range(args.windows_per_step)]
         lengths = [len(r) for r in rows]
         T = max(lengths)
-        ids = torch.tensor([r + [0] * (T - len(r)) for r in rows])  # (B, T)
-        real = torch.tensor([[i < n for i in range(T)] for n in lengths])
-        positions = torch.arange(T).expand(len(rows), T)
+        device = self.device
+        ids = torch.tensor([r + [0] * (T - len(r)) for r in rows], device=device)  # (B, T)
+        real = torch.tensor([[i < n for i in range(T)] for n in lengths], device=device)
+        positions = torch.arange(T, device=device).expand(len(rows), T)
         with torch.no_grad():
             wanted = list(self.layers) + ([target.cfg.n_layers] if args.labels == "greedy" else [])
             allowed = block_mask(real, torch.zeros_like(real), causal=True)
             states = target.layer_states(ids, positions, allowed, wanted)
             context = torch.cat(states[: len(self.layers)], dim=-1)  # (B, T, K·d) bf16
             anchors = sample_anchors(lengths, args.blocks_per_window, L, args.min_context,
-                                     self.generator)  # (B, N)
+                                     self.generator).to(device)  # (B, N)
             final = states[-1] if args.labels == "greedy" else None
             labels = block_labels(ids, final, anchors, L, target)  # (B, N, L-1)
             text = block_labels(ids, None, anchors, L, target)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             fused = drafter.fuse([context])
             logits = drafter(target, torch.gather(ids, 1, anchors), anchors, fused, positions,
                              real)  # (B, N, L-1, V)
@@ -281,12 +283,13 @@ def greedy_references(target: Denoiser, cursors: list[list[int]], n_new: int,
             references = []
             for prompt, continuation, states in saved["references"]:
                 session = TargetSession(target, layers)
-                session.states, session.length = states, states.shape[1]
+                session.states, session.length = states.to(target.embed.weight.device), \
+                    states.shape[1]
                 references.append(GreedyReference(prompt, continuation, session))
             return references
     references = [greedy_reference(target, prompt, n_new, layers) for prompt in cursors]
     if cache is not None:
-        torch.save({"key": key, "references": [(r.prompt, r.continuation, r.session.states)
+        torch.save({"key": key, "references": [(r.prompt, r.continuation, r.session.states.cpu())
                                                for r in references]}, cache)
     return references
 
@@ -354,6 +357,7 @@ def add_train_drafter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-only", action="store_true",
                    help="only the validation tau of --out/last.pt (or the untrained drafter)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu, or cuda on a lent GPU (untried there)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -368,11 +372,11 @@ def train_drafter(args) -> dict:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    target = load_target(Path(args.target))
+    target = load_target(Path(args.target)).to(args.device)
     layers = [int(x) for x in str(args.layers).split(",")]
     torch.manual_seed(args.seed)
     drafter = Drafter.for_target(target, target_layers=layers, n_layers=args.n_layers,
-                                 block_size=args.block_size)
+                                 block_size=args.block_size).to(args.device)
     corpus = Path(args.corpus)
     val_texts = [r["text"] for r in read_corpus(corpus / "val.jsonl.zst")]
     cursors = validation_cursors(val_texts, encode, args.eval_cursors, args.eval_prefix,
