@@ -2,6 +2,7 @@
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -221,3 +222,35 @@ def test_training_runs_checkpoints_and_resumes(tmp_path, tiny_corpus, tiny_token
     curve = [json.loads(line) for line in open(tmp_path / "run" / "curve.jsonl")]
     assert curve[0]["step"] == 0 and curve[-1]["step"] == 5
     assert {"tau_drafter", "tau_lookup", "tau_lookup_then_drafter"} <= set(curve[0])
+
+
+BASE = Path(__file__).resolve().parents[2] / "runs" / "smollm2" / "base.pt"
+VAL = Path(__file__).resolve().parents[2] / "runs" / "corpus" / "val.jsonl.zst"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (BASE.is_file() and VAL.is_file()),
+                    reason="needs the imported target (runs/smollm2) and runs/corpus")
+def test_replay_equals_the_real_loop_on_the_imported_target():
+    """On SmolLM2-135M in float32, 3 validation cursors: the draft-and-check loop (lookup
+    first, then a drafter) commits the greedy reference and counts what `replay` counts."""
+    from tokenizers import Tokenizer
+
+    from model_export.corpus import read_corpus
+    from model_export.train_drafter import load_target, validation_cursors
+
+    torch.set_num_threads(1)
+    tokenizer = Tokenizer.from_file(str(BASE.with_name("tokenizer.json")))
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
+    target = load_target(BASE, torch.float32)
+    torch.manual_seed(0)
+    drafter = Drafter.for_target(target, target_layers=[2, 21, 29]).eval()
+    texts = [r["text"] for r in read_corpus(VAL)]
+    lookup = PromptLookup()
+    for prompt in validation_cursors(texts, encode, 3, 480, 32, 0):
+        reference = greedy_reference(target, prompt, 32, [2, 21, 29])
+        loop = speculative_decode(TargetSession(target, [2, 21, 29]), prompt, 32,
+                                  lookup_then(lookup, drafter_proposer(drafter)), 7)
+        replayed = replay(reference, lookup_then(lookup, drafter_proposer(drafter)), 7)
+        assert loop.tokens == replayed.tokens == reference.continuation
+        assert (loop.calls, loop.accepted) == (replayed.calls, replayed.accepted)
