@@ -321,6 +321,24 @@ def validation_cursors(texts: list[str], encode, count: int, prefix_tokens: int,
     return cursors
 
 
+CURVE_COLUMNS = ("tau_drafter", "tau_lookup", "tau_lookup_then_drafter",
+                 "tau_confident_drafter_else_lookup", "accept_rate_drafter")
+
+
+def curve_table(points: list[dict]) -> str:
+    """The curve (curve.jsonl's records) as a markdown table for model_export/README.md."""
+    head = ["train min", "step", "tokens", "loss", "drafter", "lookup", "lookup→drafter",
+            "confident→lookup", "drafts accepted"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    for p in points:
+        loss = "–" if p.get("recent_loss") is None else f"{p['recent_loss']:.2f}"
+        cells = [f"{p['minutes']:.1f}", str(p["step"]), f"{p['tokens_seen']:,}", loss]
+        cells += [f"{p[c]:.3f}" if c != "accept_rate_drafter" else f"{p[c]:.1%}"
+                  for c in CURVE_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _log(path: Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -354,6 +372,8 @@ def add_train_drafter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-prefix", type=int, default=480, help="prompt tokens per cursor")
     p.add_argument("--eval-tokens", type=int, default=48, help="greedy tokens per cursor")
     p.add_argument("--no-eval", action="store_true", help="no validation tau")
+    p.add_argument("--curve", action="store_true",
+                   help="print --out/curve.jsonl as a markdown table and stop")
     p.add_argument("--eval-only", action="store_true",
                    help="only the validation tau of --out/last.pt (or the untrained drafter)")
     p.add_argument("--threads", type=int, default=1)
@@ -362,6 +382,10 @@ def add_train_drafter_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def train_drafter(args) -> dict:
+    if args.curve:
+        path = Path(args.out) / "curve.jsonl"
+        print(curve_table([json.loads(line) for line in open(path) if line.strip()]))
+        return {}
     torch.set_num_threads(args.threads)
     from tokenizers import Tokenizer
 
@@ -452,6 +476,7 @@ def main_from_args(args) -> int:
 
 
 __all__ = ["TrainWindows", "Trainer", "add_train_drafter_arguments", "block_labels",
+           "curve_table",
            "evaluate_tau", "load_target", "position_weights", "sample_anchors",
            "train_drafter", "validation_cursors"]
 

@@ -14,7 +14,8 @@ from model_export.speculative import (TargetSession, confident_drafter_else_look
                                       drafter_proposer, greedy_reference, lookup_then, replay,
                                       speculative_decode)
 from model_export.train_drafter import (TrainWindows, add_train_drafter_arguments,
-                                        block_labels, evaluate_tau, position_weights,
+                                        block_labels, curve_table, evaluate_tau,
+                                        position_weights,
                                         sample_anchors, train_drafter)
 
 TARGET = DenoiserConfig(vocab_size=61, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8,
@@ -222,6 +223,8 @@ def test_training_runs_checkpoints_and_resumes(tmp_path, tiny_corpus, tiny_token
     curve = [json.loads(line) for line in open(tmp_path / "run" / "curve.jsonl")]
     assert curve[0]["step"] == 0 and curve[-1]["step"] == 5
     assert {"tau_drafter", "tau_lookup", "tau_lookup_then_drafter"} <= set(curve[0])
+    table = curve_table(curve).splitlines()
+    assert len(table) == 2 + len(curve) and table[2].startswith("| 0.0 | 0 | 0 | – |")
 
 
 BASE = Path(__file__).resolve().parents[2] / "runs" / "smollm2" / "base.pt"
