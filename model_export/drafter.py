@@ -109,9 +109,9 @@ class Drafter(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=0.02)
         nn.init.normal_(self.mask_embedding, std=0.02)
-        # residual branches start at zero: the untrained drafter passes its inputs through,
-        # so the target's head sees an anchor's own embedding and a mask's small random one
-        # (a near-uniform guess, loss ~ln V) instead of noise it would be confident about
+        # residual branches start at zero: the untrained drafter passes its inputs through to
+        # the target's head (first loss ~16 nats here, against ~18 from a copy of the target's
+        # last block and ~70 from random layers: the tied head is sharp on any direction)
         for layer in self.layers:
             nn.init.zeros_(layer.attn.proj.weight)
             nn.init.zeros_(layer.mlp.down.weight)
