@@ -80,6 +80,12 @@ def cmd_fuse(args) -> int:
     return main_from_args(args)
 
 
+def cmd_train_drafter(args) -> int:
+    from .train_drafter import main_from_args
+
+    return main_from_args(args)
+
+
 def cmd_verify(args) -> int:
     from .export import verify_from_args
 
@@ -151,6 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "same validation examples and masks: compares runs fairly.")
     add_validate_arguments(p)
     p.set_defaults(func=cmd_validate)
+
+    from .train_drafter import add_train_drafter_arguments
+
+    p = sub.add_parser("train-drafter", help="train the block-diffusion drafter (DFlash) on "
+                       "the frozen imported target",
+                       description="Train a small drafter that reads the frozen target's "
+                       "hidden states and guesses a block of tokens in one pass; the target "
+                       "checks each block in one causal call. Checkpoints --out/last.pt every "
+                       "--checkpoint-minutes and on SIGTERM (--resume goes on from it); "
+                       "validation tau (tokens per target call: drafter, prompt lookup, both) "
+                       "to --out/curve.jsonl at the start and at every checkpoint.")
+    add_train_drafter_arguments(p)
+    p.set_defaults(func=cmd_train_drafter)
 
     from .export import add_export_arguments, add_verify_arguments
 

@@ -280,6 +280,22 @@ class Denoiser(nn.Module):
             x, _, _ = block(x, cos, sin, allowed)
         return x
 
+    def layer_states(self, ids, positions, allowed, layers) -> list[torch.Tensor]:
+        """The residual stream (B, T, d) after each block in `layers` (0: the embedding, L: the
+        last block, before the final norm), in the order asked, from one pass under `allowed`
+        (B, 1|T, T). Blocks after the deepest one asked are not run. (A drafter reads a few
+        layers' states of the frozen target as its context: `model_export/drafter.py`.)"""
+        layers = list(layers)
+        if not layers or min(layers) < 0 or max(layers) > self.cfg.n_layers:
+            raise ValueError(f"layers must lie in 0..{self.cfg.n_layers}")
+        x = self.embed(ids)  # (B, T, d)
+        cos, sin = self.rotary(positions, x.dtype)
+        states = {0: x}
+        for index, block in enumerate(self.blocks[: max(layers)], start=1):
+            x, _, _ = block(x, cos, sin, allowed)
+            states[index] = x
+        return [states[layer] for layer in layers]
+
     def encode(self, input_ids, position_ids, attention_mask, past_keys=None, past_values=None,
                past_mask=None):
         """Context → post-RoPE keys and values, each (L, B, H, S, D).

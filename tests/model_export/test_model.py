@@ -1,8 +1,9 @@
 """The two-graph split (encode once, denoise the canvas) equals one block-masked forward."""
 
+import pytest
 import torch
 
-from model_export.model import Denoiser, DenoiserConfig
+from model_export.model import Denoiser, DenoiserConfig, block_mask
 
 CFG = DenoiserConfig(vocab_size=97, n_layers=3, n_heads=2, head_dim=16, mlp_hidden=48)
 
@@ -165,3 +166,22 @@ def test_block_diffusion_pass_equals_prefix_requests():
             want = model.denoise(noisy[:, start:end], positions[:, start:end], keys, values,
                                  real[:, :start].long())
             assert (logits[start:end] - want[0]).abs().max().item() < 1e-5
+
+
+def test_layer_states_are_the_passes_intermediate_states():
+    """`layer_states` returns the embedding (0), the stream after chosen blocks, and, for the
+    last block, what `hidden` returns; asking for shallow layers does not change them."""
+    torch.manual_seed(0)
+    model = Denoiser(CFG).eval()
+    context, ctx_pos, ctx_mask, _, _ = _inputs()
+    allowed = block_mask(ctx_mask, torch.zeros_like(ctx_mask), causal=True)
+    with torch.no_grad():
+        embedding, first, last = model.layer_states(context, ctx_pos, allowed, [0, 1, 3])
+        (first_alone,) = model.layer_states(context, ctx_pos, allowed, [1])
+        final = model.hidden(context, ctx_pos, allowed)
+    assert torch.equal(embedding, model.embed(context))
+    assert torch.equal(first, first_alone)
+    assert torch.equal(last, final)
+    assert not torch.allclose(first, last)
+    with pytest.raises(ValueError):
+        model.layer_states(context, ctx_pos, allowed, [CFG.n_layers + 1])
