@@ -19,13 +19,19 @@ from dlm_lsp.postprocess import Completion, document_eol, finish, scope_closed
 CURSOR = "█"
 
 
-def complete(language: str, document: str, generated: str) -> tuple[Completion | None, str]:
+def planned(language: str, document: str):
+    """(plan, text, syntax) at the document's cursor mark."""
     offset = document.index(CURSOR)
     text = document.replace(CURSOR, "")
     syntax = syntax_for(language)
     tree = syntax.parser().parse(text.encode()) if syntax else None
     plan = plan_completion(text, offset, tree, syntax, buckets=BUCKETS,
                            count_tokens=lambda s: len(s) // 3, language_id=language)
+    return plan, text, syntax
+
+
+def complete(language: str, document: str, generated: str) -> tuple[Completion | None, str]:
+    plan, text, syntax = planned(language, document)
     return finish(plan, 0, generated, text=text, syntax=syntax), text
 
 
@@ -213,12 +219,7 @@ def test_finish_never_crashes_and_stays_in_the_document(text, generated, data, l
 
 
 def closed_at(language: str, document: str, generated: str) -> bool:
-    offset = document.index(CURSOR)
-    text = document.replace(CURSOR, "")
-    syntax = syntax_for(language)
-    tree = syntax.parser().parse(text.encode()) if syntax else None
-    plan = plan_completion(text, offset, tree, syntax, buckets=BUCKETS,
-                           count_tokens=lambda s: len(s) // 3, language_id=language)
+    plan, text, syntax = planned(language, document)
     return scope_closed(plan, 0, generated, text=text, syntax=syntax)
 
 
