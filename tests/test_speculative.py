@@ -8,6 +8,7 @@ from dlm_lsp.draft import PromptLookup
 from dlm_lsp.layout import build_layout
 from dlm_lsp.modelcard import SpecialTokens
 from dlm_lsp.sampler import SamplerSettings, denoise, denoise_batch
+from tests.test_heal_shift import OnlyFirst
 
 SPECIALS = SpecialTokens(pad=0, mask=1, end_of_span=2, file=3)
 VOCAB = 24
@@ -150,20 +151,10 @@ def test_a_scope_that_closes_inside_an_accepted_block_ends_there():
     assert result.canvases[0] == truth[:3] and result.steps == 1
 
 
-class FirstOf:
-    """A healed hole start: its first position must be one of `ids`."""
-
-    def __init__(self, ids):
-        self.ids = np.array(ids)
-
-    def allowed_after(self, committed):
-        return None if committed else self.ids
-
-
 def test_no_draft_while_token_healing_constrains_the_frontier():
     target = BigramTarget(7)
     layout = build_layout([[9, 10], []], [6], SPECIALS.file, shift=True)
-    heal = [FirstOf([11, 12])]
+    heal = [OnlyFirst([11, 12])]  # a healed start: its first token is one of these
     reference = denoise(target, layout, SPECIALS, settings("left_to_right", 6), heals=heal)
     drafter = Scripted([11, 12, 13])
     fast = denoise(target, layout, SPECIALS, settings("speculative", 6), heals=heal,
