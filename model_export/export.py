@@ -724,8 +724,9 @@ def export_model_dir(args) -> dict:
 # What drafts a speculative model's blocks today: no trained drafter ships yet (issue 29's
 # DFlash drafter is not trained), so the drafts come from the document itself.
 PROMPT_LOOKUP_DRAFTER = {
-    "kind": "prompt lookup: the tokens after the latest earlier match of the text's last 4..2 "
-            "tokens in the document (dlm_lsp.draft.PromptLookup)",
+    "kind": "prompt lookup: the tokens after the latest earlier match of the text's last 8..1 "
+            "tokens, else after the first match in the document after the cursor, as many as "
+            "the match is long (dlm_lsp.draft.PromptLookup)",
     "trained": False,
     "training_tokens": 0,
     "lossless": "the target checks every draft in one causal call; the text is its greedy text",
