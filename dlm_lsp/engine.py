@@ -437,8 +437,8 @@ class Engine:
         if not plan.holes:
             return FillResult([], plan=plan)
         segments = self._encode_segments(plan, suffix_first and key is None)
-        speculative = self.sampler_settings(settings).strategy == "speculative"
-        drafter = self._drafter(plan, text) if speculative else None
+        sampler = self.sampler_settings(settings)
+        drafter = self._drafter(plan, text) if sampler.strategy == "speculative" else None
         heals = self._heal(plan, segments, settings)
         layout = build_layout(
             segments, [h.canvas_length for h in plan.holes], self.card.special_tokens.file,
@@ -446,32 +446,25 @@ class Engine:
         )
         denoiser = self._document_denoiser(key, settings)
         remote = getattr(self.denoiser, "denoise_request", None)
-        if remote is not None:  # a server runs the whole loop (dlm_lsp.remote): no lock here
-            result = remote(layout, self.card.special_tokens, self.sampler_settings(settings),
-                            cancelled)
         reranked: Completion | None = None
         extra_steps = 0
         reranking = False
-        if remote is None:
+        if remote is not None:  # a server runs the whole loop (dlm_lsp.remote): no lock here
+            result = remote(layout, self.card.special_tokens, sampler, cancelled)
+        else:
             reranking = rerank > 0 and self._can_rerank(plan, layout)
             if reranking:  # candidates end within the lines the cuts try: decode no further
                 plan = rerank_mod.capped(plan)
             closed = self._scope_check(plan, text, syntax, heals)
             with self._model_lock:
+                # reranking scores its candidates on the same encoded context
+                state = denoiser.encode(layout) if reranking else None
+                result = denoise(denoiser, layout, self.card.special_tokens, sampler, cancelled,
+                                 state=state, heals=heals, closed=closed, drafter=drafter)
                 if reranking:
-                    state = denoiser.encode(layout)
-                    result = denoise(
-                        denoiser, layout, self.card.special_tokens,
-                        self.sampler_settings(settings), cancelled, state=state, heals=heals,
-                        closed=closed, drafter=drafter)
                     reranked, extra_steps = self._suffix_rerank(
                         plan, text, syntax, layout, denoiser, state, heals, result.canvases[0],
                         rerank, settings, cancelled, closed, drafter)
-                else:
-                    result = denoise(
-                        denoiser, layout, self.card.special_tokens,
-                        self.sampler_settings(settings), cancelled, heals=heals, closed=closed,
-                        drafter=drafter)
         raw = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in result.canvases]
         at_holes = [unheal(generated, heal) for generated, heal in zip(raw, heals)]
         completions = [
@@ -484,7 +477,7 @@ class Engine:
         return FillResult(
             completions, plan=plan, steps=result.steps + extra_steps,
             tokens=sum(len(c) for c in result.canvases), raw=raw,
-            drafted=getattr(result, "drafted", 0), accepted=getattr(result, "accepted", 0),
+            drafted=result.drafted, accepted=result.accepted,
             context_tokens=denoiser.context_tokens,
             context_tokens_encoded=denoiser.encoded_tokens,
             backend="local" if remote is None else "remote",

@@ -413,8 +413,8 @@ def _repeats_next_line(text: str, ctx: Context, finished: int) -> int | None:
     """Where the first finished line of `text` that is the suffix's next non-blank line
     (whitespace aside) starts, or None. A line of a few characters (`pass`, `}`) counts only
     when the line after it is the suffix's second line too."""
-    following = ["".join(line.split()) for line in ctx.suffix.split("\n")[1:]
-                 if line.strip()][:2]
+    following = ["".join(line.split()) for line in _following_lines(ctx.document,
+                                                                     ctx.hole.end, 2)]
     if not following:
         return None
     judged = text if ctx.final else text[: max(0, finished)]  # finished lines only
@@ -448,7 +448,7 @@ def _suffix_closes_too(lines: list[str], closing: int, ctx: Context) -> bool:
         return False
     indent = indent_of(line) + (len(ctx.before) if closing == 0 and ctx.blank_before else 0)
     following = ctx.after if ctx.after.strip() else next(
-        (l for l in ctx.suffix.split("\n")[1:] if l.strip()), "")
+        iter(_following_lines(ctx.document, ctx.hole.end, 1)), "")
     if not following.strip() or following.strip()[0] != line.strip()[0]:
         return False
     base = len(ctx.before) + indent_of(ctx.after) if following is ctx.after else 0

@@ -28,6 +28,9 @@ from .modelcard import SpecialTokens
 
 # how a canvas is filled (SamplerSettings.strategy)
 STRATEGIES = ("parallel", "left_to_right", "speculative")
+# the strategies that commit the leftmost masked position each step (speculative: and then the
+# next ones while the draft agrees)
+ONE_AT_A_TIME = ("left_to_right", "speculative")
 
 
 class Cancelled(Exception):
@@ -125,7 +128,7 @@ def choose_commits(
     candidates = np.flatnonzero(masked)
     if candidates.size == 0:
         return commit
-    if settings.strategy in ("left_to_right", "speculative"):
+    if settings.strategy in ONE_AT_A_TIME:
         commit[candidates if steps_left <= 1 else candidates[:1]] = True  # the cap still holds
         return commit
     commit = masked & (pred_prob >= settings.threshold)
@@ -324,7 +327,7 @@ class _Request:
         if self.drafter is not None:
             canvas = self._with_draft()
         ids, positions = self.layout.decoder_inputs(canvas, self.positions)
-        if settings.causal_canvas and settings.strategy in ("left_to_right", "speculative"):
+        if settings.causal_canvas and settings.strategy in ONE_AT_A_TIME:
             masked = np.flatnonzero(self.canvas == self.mask_id)
             if masked.size:
                 end = masked[0] + 1 + len(self.draft)  # the draft, and the token after it
@@ -336,8 +339,7 @@ class _Request:
         """Whether committed inputs may join the context: one token a step on a causal
         canvas, nothing ever re-masked."""
         s = self.settings
-        return (s.causal_canvas and s.strategy in ("left_to_right", "speculative")
-                and s.remask_floor <= 0)
+        return s.causal_canvas and s.strategy in ONE_AT_A_TIME and s.remask_floor <= 0
 
     def append_committed(self, denoiser: Any) -> None:
         """After a step: the inputs before the new frontier are final (the anchor and the
@@ -375,7 +377,7 @@ class _Request:
         if heal is not None and heal.allowed_after(committed) is not None:
             return self.canvas
         history = self.layout.context_ids[: anchor + 1] + committed
-        draft = [t for t in self.drafter.draft(history, room)][:room]
+        draft = list(self.drafter.draft(history, room))[:room]
         # a draft never holds what the canvas cannot: the mask, or end-of-span's stand-ins
         if self.mask_id in draft:
             draft = draft[: draft.index(self.mask_id)]

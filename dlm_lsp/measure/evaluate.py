@@ -35,15 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ..sampler import STRATEGIES
+from ..sampler import ONE_AT_A_TIME, STRATEGIES
 from .sandbox import SandboxLimits, isolation_report, run_python
 from .scoring import exact_match, similarity
 from .stats import format_table, mean, progress, read_jsonl, summarize, write_jsonl
 
 log = logging.getLogger(__name__)
 
-# one token per step (or per check): no threshold, and the step cap covers the whole canvas
-ONE_BY_ONE = ("left_to_right", "speculative")
 CANVAS_POLICIES = ("auto", "oracle")
 
 
@@ -163,7 +161,7 @@ def sweep(strategies: Sequence[str], steps: Sequence[int | None],
     configs: list[Config] = []
     for canvas in canvases:
         for strategy in strategies:
-            if strategy in ONE_BY_ONE:
+            if strategy in ONE_AT_A_TIME:
                 for cap in steps:
                     configs.append(Config(strategy=strategy, max_steps=cap, canvas=canvas))
                 continue
@@ -237,7 +235,7 @@ class Filler:
     def configure(self, config: Config) -> None:
         """Take a configuration's sampler settings for the next fills (one loaded model)."""
         max_steps = config.max_steps
-        if config.strategy in ONE_BY_ONE and max_steps is None:
+        if config.strategy in ONE_AT_A_TIME and max_steps is None:
             max_steps = max(self.engine.card.canvas_buckets)  # every token its own step
         self.settings = dataclasses.replace(
             self.engine.settings, strategy=config.strategy, max_steps=max_steps,
