@@ -713,7 +713,7 @@ def export_model_dir(args) -> dict:
                             None, args.decoder_mlp_accuracy_level)
         report["fused"] = {"from": [encoder, decoder], "accuracy_level": None,
                            "decoder_mlp_accuracy_level": args.decoder_mlp_accuracy_level,
-                           "nodes": nodes}
+                           "buffers": True, "nodes": nodes}
         ship(out, "encoder.fused.onnx", "decoder.fused.onnx", report["fused"])
     load_card(out)  # the runtime's own validation
     sizes = {p.name: p.stat().st_size for p in out.iterdir() if p.is_file()}

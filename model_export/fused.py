@@ -462,22 +462,26 @@ def fuse_encoder(old, card, accuracy_level: int | None = None,
 def fuse_graphs(model_dir: Path, encoder: str, decoder: str, out_encoder: str,
                 out_decoder: str, accuracy_level: int | None = None,
                 decoder_mlp_accuracy_level: int | None = None,
-                log: Callable[[str], None] = print) -> dict:
+                log: Callable[[str], None] = print, buffers: bool = True) -> dict:
     """Write the fused pair next to the exported q4 pair in `model_dir` (same weights file,
     unchanged); returns node counts. `accuracy_level` (None: as exported) for both graphs'
     4-bit matrices, `decoder_mlp_accuracy_level` for the decoder's MLP matrices when it
     differs (the decoder's calls are small and its MLP two thirds of the weights; prefill
-    and the context's keys/values keep the encoder's level)."""
+    and the context's keys/values keep the encoder's level). The decoder takes per-layer
+    key/value buffers (`buffers`, what the runtime binds: no cache copied per call), or the
+    contract's stacked `keys`/`values`."""
     import onnx
 
     from dlm_lsp.modelcard import load_card
 
     card = load_card(model_dir)
     report = {}
-    for src, dst, fuse, mlp in ((encoder, out_encoder, fuse_encoder, None),
-                                (decoder, out_decoder, fuse_decoder, decoder_mlp_accuracy_level)):
+    for src, dst, fuse, extra in (
+            (encoder, out_encoder, fuse_encoder, {}),
+            (decoder, out_decoder, fuse_decoder,
+             {"mlp_accuracy_level": decoder_mlp_accuracy_level, "buffers": buffers})):
         old = onnx.load(str(model_dir / src), load_external_data=False)
-        new = fuse(old, card, accuracy_level, mlp_accuracy_level=mlp)
+        new = fuse(old, card, accuracy_level, **extra)
         onnx.save(new, str(model_dir / dst))
         report[dst] = {"nodes_before": len(old.graph.node), "nodes_after": len(new.graph.node)}
         log(f"{src} → {dst}: {len(old.graph.node)} → {len(new.graph.node)} nodes")
@@ -516,6 +520,7 @@ def main_from_args(args) -> int:
     if args.ship:
         ship(model_dir, args.out_encoder, args.out_decoder,
              {"from": [args.encoder, args.decoder], "accuracy_level": args.accuracy_level,
-              "decoder_mlp_accuracy_level": args.decoder_mlp_accuracy_level, "nodes": report})
+              "decoder_mlp_accuracy_level": args.decoder_mlp_accuracy_level, "buffers": True,
+              "nodes": report})
     print(json.dumps(report))
     return 0

@@ -15,13 +15,22 @@ A fused decoder (model_export/fused.py: GroupQueryAttention, which takes several
 a past only at batch 1) says so in its metadata (`ROWS_PER_CALL`): its batches run row by
 row. It also returns its inputs' own keys/values on request, so a step can append the canvas
 tokens it committed to the context (`append_canvas`) instead of re-sending them every step.
+
+A fused decoder with per-layer key/value buffers (`past_key_{l}` inputs, bound as their own
+`present_key_{l}` outputs) copies no cache per call: GroupQueryAttention reads the context
+from the buffer and writes the canvas's keys/values after it, in place. A state then lives in
+a `KVStore` with room after its length; a call writes into that room (scratch: a later call
+overwrites it), and `append_canvas` after the call only moves the state's length over what the
+call wrote. One state of a store is its *head*, the last one made on it: only the head may
+write, so a state that is not (a document's cached context, the state a request started
+from) is first copied into a store of its own, once.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,6 +41,10 @@ from ..modelcard import (CANVAS_KEYS, CANVAS_MASK, CANVAS_VALUES, DECODER_INPUTS
                          ROWS_PER_CALL, GraphFiles, ModelCard, ModelError)
 
 log = logging.getLogger(__name__)
+
+# positions a KVStore keeps free after the context it is made for: a whole canvas of
+# appended tokens (the largest bucket) and the call after them
+BUFFER_ROOM = 160
 
 
 def _import_ort() -> Any:
@@ -89,6 +102,52 @@ def _share_cpu_arena(ort: Any) -> bool:
     return True
 
 
+class KVStore:
+    """Per-layer key/value buffers (L, 1, H, capacity, D) of one request's context, and which
+    state of it may write (`head`). On the CPU numpy arrays, bound to the decoder as views
+    (shared memory); on CUDA one device OrtValue per layer and kind."""
+
+    def __init__(self, ort: Any, device: str, shape: tuple[int, int, int], capacity: int,
+                 dtype: Any) -> None:
+        L, H, D = shape
+        self.capacity = capacity
+        self.head = 0  # the epoch of the state that may write
+        self.calls = 0  # decoder calls that wrote into the room after a state
+        self._ort, self._device = ort, device
+        self.keys = np.zeros((L, 1, H, capacity, D), dtype)
+        self.values = np.zeros((L, 1, H, capacity, D), dtype)
+        if device == "cpu":
+            self.layers = [(ort.OrtValue.ortvalue_from_numpy(self.keys[layer]),
+                            ort.OrtValue.ortvalue_from_numpy(self.values[layer]))
+                           for layer in range(L)]
+        else:  # the host arrays are the staging copy; the device holds the buffers
+            self.layers = [(ort.OrtValue.ortvalue_from_numpy(self.keys[layer], device, 0),
+                            ort.OrtValue.ortvalue_from_numpy(self.values[layer], device, 0))
+                           for layer in range(L)]
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes
+
+    def write(self, start: int, keys: np.ndarray, values: np.ndarray) -> None:
+        """Host keys/values (L, 1, H, n, D) into positions start.. of every layer."""
+        end = start + keys.shape[3]
+        self.sync_host()
+        self.keys[:, :, :, start:end] = keys
+        self.values[:, :, :, start:end] = values
+        if self._device != "cpu":
+            for layer, (k, v) in enumerate(self.layers):
+                k.update_inplace(self.keys[layer])
+                v.update_inplace(self.values[layer])
+
+    def sync_host(self) -> None:
+        """Bring the host arrays up to date with the device's buffers (no-op on the CPU)."""
+        if self._device != "cpu":
+            for layer, (k, v) in enumerate(self.layers):
+                self.keys[layer] = k.numpy()
+                self.values[layer] = v.numpy()
+
+
 @dataclass(frozen=True)
 class ContextState:
     """Encoded contexts: keys/values (L, B, H, S, D) and the context mask (B, S) int64.
@@ -101,6 +160,13 @@ class ContextState:
     keys: Any
     values: Any
     context_mask: np.ndarray
+    # in a KVStore (keys/values are then views of its first `length` positions): the store
+    # and this state's epoch in it (it may write while it is the store's head)
+    store: KVStore | None = None
+    epoch: int = 0
+    # the store-backed copy of a state that has none, made by its first buffered call and
+    # kept for the next (a list: the state itself stays frozen)
+    copies: list = field(default_factory=list, compare=False, repr=False)
 
     @property
     def length(self) -> int:
@@ -108,8 +174,15 @@ class ContextState:
         return int(self.context_mask.shape[1])
 
     @property
+    def writable(self) -> bool:
+        """Whether this state is its store's head (a buffered call may write after it)."""
+        return self.store is not None and self.store.head == self.epoch
+
+    @property
     def nbytes(self) -> int:
         """Memory the keys and values hold."""
+        if self.store is not None:
+            return self.store.nbytes
         if isinstance(self.keys, np.ndarray):
             return self.keys.nbytes + self.values.nbytes
         width = 2 if self.keys.data_type() == "tensor(float16)" else 4
@@ -119,10 +192,13 @@ class ContextState:
 @dataclass(frozen=True)
 class CanvasKeys:
     """One decoder call's own keys/values (L, 1, H, C, D), numpy: its C canvas inputs as
-    context tokens, for `OnnxDenoiser.append_canvas`."""
+    context tokens, for `OnnxDenoiser.append_canvas`. A buffered call also wrote them into
+    its store after `written` (the store-backed state it ran on), as its `call`-th call."""
 
     keys: np.ndarray
     values: np.ndarray
+    written: ContextState | None = None
+    call: int = 0
 
     @property
     def length(self) -> int:
@@ -166,6 +242,9 @@ class OnnxDenoiser:
         decoder_outputs = {o.name for o in self.decoder.get_outputs()}
         # a fused decoder returns its inputs' keys/values on request (`append_canvas`)
         self.appends = {CANVAS_KEYS, CANVAS_VALUES} <= decoder_outputs and self.card.causal
+        decoder_inputs = {i.name for i in self.decoder.get_inputs()}
+        # per-layer buffers shared by past and present: a call copies no cache (KVStore)
+        self.buffered = {f"past_key_{i}" for i in range(card.n_layers)} <= decoder_inputs
         meta = self.decoder.get_modelmeta().custom_metadata_map
         self._one_row = meta.get(ROWS_PER_CALL) == "1"  # a batch runs row by row
         self._kv_dtype = np.float16 if self.graphs.dtype == "float16" else np.float32
@@ -208,6 +287,8 @@ class OnnxDenoiser:
         if not set(ENCODER_INPUTS) <= names or not set(ENCODER_OUTPUTS) <= outs:
             raise ModelError(f"{self.graphs.encoder}: inputs/outputs are not the encoder contract")
         names = {i.name for i in self.decoder.get_inputs()}
+        if "past_key_0" in names:  # a buffered decoder: per-layer buffers for keys/values
+            names |= {"keys", "values"}
         outs = {o.name for o in self.decoder.get_outputs()}
         if not set(DECODER_INPUTS) <= names or not set(DECODER_OUTPUTS) <= outs:
             raise ModelError(f"{self.graphs.decoder}: inputs/outputs are not the decoder contract")
@@ -238,7 +319,7 @@ class OnnxDenoiser:
         if not self.incremental:
             raise ValueError("a bidirectional context cannot be extended: encode it whole")
         keep = min(keep, total, state.length)
-        head_keys, head_values = self._host(state.keys), self._host(state.values)
+        head_keys, head_values = self._host_kv(state)
         if keep < total:
             ids = np.asarray([layout.context_ids[keep:]], np.int64)
             positions = np.asarray([layout.context_positions[keep:]], np.int64)
@@ -285,6 +366,36 @@ class OnnxDenoiser:
     def _host(value: Any) -> np.ndarray:
         return value if isinstance(value, np.ndarray) else value.numpy()
 
+    def _host_kv(self, state: ContextState) -> tuple[np.ndarray, np.ndarray]:
+        """A state's keys and values as host arrays (views where they can be)."""
+        if state.store is not None:
+            state.store.sync_host()
+        return self._host(state.keys), self._host(state.values)
+
+    def _stored(self, store: KVStore, length: int, mask: np.ndarray) -> ContextState:
+        """A new head state of `store`: its first `length` positions, under `mask`."""
+        store.head += 1
+        return ContextState(keys=store.keys[:, :, :, :length],
+                            values=store.values[:, :, :, :length], context_mask=mask,
+                            store=store, epoch=store.head)
+
+    def _writable(self, state: ContextState, room: int) -> ContextState:
+        """`state` (one request) as the head of a store with `room` positions free after it:
+        itself, the copy its last call made, or a new copy (the only copy of a context a
+        buffered decoder makes: once per request, not per call)."""
+        for candidate in (state, *state.copies):
+            if candidate.writable and candidate.length + room <= candidate.store.capacity:
+                return candidate
+        length = state.length
+        # room for the appends of a whole canvas and a call after them, in 128-position steps
+        capacity = -(-(length + max(room, 0) + BUFFER_ROOM) // 128) * 128
+        store = KVStore(self._ort, self._device, self._kv_shape, capacity, self._kv_dtype)
+        keys, values = self._host_kv(state)
+        store.write(0, keys, values)
+        copy = self._stored(store, length, state.context_mask)
+        state.copies[:] = [copy]
+        return copy
+
     def _device_value(self, array: np.ndarray) -> Any:
         if self._device == "cpu":
             return array
@@ -316,11 +427,22 @@ class OnnxDenoiser:
         count = max(0, min(count, canvas.length))
         if count == 0:
             return state
+        mask = np.concatenate([state.context_mask,
+                               np.ones((state.context_mask.shape[0], count), np.int64)], axis=1)
+        if self.buffered:
+            written = canvas.written
+            if (written is not None and written.writable and written.store.calls == canvas.call
+                    and written.length == state.length):
+                # the call wrote exactly these inputs' keys/values after the state: keep them
+                return self._stored(written.store, state.length + count, mask)
+            # another call wrote there since (or none did): write the call's own copy
+            base = self._writable(state, count)
+            base.store.write(base.length, canvas.keys[:, :, :, :count],
+                             canvas.values[:, :, :, :count])
+            return self._stored(base.store, state.length + count, mask)
         keys = np.concatenate([self._host(state.keys), canvas.keys[:, :, :, :count]], axis=3)
         values = np.concatenate([self._host(state.values), canvas.values[:, :, :, :count]],
                                 axis=3)
-        mask = np.concatenate([state.context_mask,
-                               np.ones((state.context_mask.shape[0], count), np.int64)], axis=1)
         return ContextState(keys=self._device_value(keys), values=self._device_value(values),
                             context_mask=mask)
 
@@ -342,7 +464,8 @@ class OnnxDenoiser:
                    np.zeros(canvas_mask.shape, np.float32)]
         if need_logits:
             outputs.append(np.zeros((*canvas_mask.shape, self.card.vocab_size), np.float32))
-        keys, values = self._host(state.keys), self._host(state.values)
+        keys, values = self._host_kv(state)
+        own = (lambda a: a) if self.buffered else np.ascontiguousarray  # a store copies once
         for row in range(canvas_mask.shape[0]):
             real = np.flatnonzero(canvas_mask[row])
             if real.size == 0:  # a finished request riding along in the sampler's batch
@@ -352,8 +475,8 @@ class OnnxDenoiser:
             seen = np.flatnonzero(state.context_mask[row])
             end = int(seen[-1]) + 1 if seen.size else state.length
             alone = ContextState(
-                keys=self._device_value(np.ascontiguousarray(keys[:, row : row + 1, :, :end])),
-                values=self._device_value(np.ascontiguousarray(values[:, row : row + 1, :, :end])),
+                keys=self._device_value(own(keys[:, row : row + 1, :, :end])),
+                values=self._device_value(own(values[:, row : row + 1, :, :end])),
                 context_mask=state.context_mask[row : row + 1, :end])
             got = self._run_decoder(alone, canvas_ids[row : row + 1, real],
                                     canvas_positions[row : row + 1, real], None, need_logits)
@@ -365,9 +488,23 @@ class OnnxDenoiser:
                      need_logits: bool, keep_canvas: bool = False) -> tuple[Any, ...]:
         binding = self.decoder.io_binding()
         canvas_ids = np.ascontiguousarray(canvas_ids, dtype=np.int64)
-        feeds = (canvas_ids, np.ascontiguousarray(canvas_positions, dtype=np.int64),
-                 state.keys, state.values, state.context_mask)
+        written = None
+        if self.buffered:
+            if canvas_ids.shape[0] != 1:
+                raise ValueError("a buffered decoder takes one request per call")
+            written = state = self._writable(state, canvas_ids.shape[1])
+            for layer, (keys, values) in enumerate(state.store.layers):
+                binding.bind_ortvalue_input(f"past_key_{layer}", keys)
+                binding.bind_ortvalue_input(f"past_value_{layer}", values)
+            state.store.calls += 1
+            feeds = (canvas_ids, np.ascontiguousarray(canvas_positions, dtype=np.int64),
+                     None, None, state.context_mask)
+        else:
+            feeds = (canvas_ids, np.ascontiguousarray(canvas_positions, dtype=np.int64),
+                     state.keys, state.values, state.context_mask)
         for name, value in zip(DECODER_INPUTS, feeds):
+            if value is None:
+                continue
             if isinstance(value, np.ndarray):
                 binding.bind_cpu_input(name, value)
             else:
@@ -380,12 +517,17 @@ class OnnxDenoiser:
                  + ((CANVAS_KEYS, CANVAS_VALUES) if keep_canvas else ()))
         for name in names:
             binding.bind_output(name, "cpu")
+        if written is not None:  # after the outputs read back: the buffers stay unread
+            for layer, (keys, values) in enumerate(written.store.layers):
+                binding.bind_ortvalue_output(f"present_key_{layer}", keys)
+                binding.bind_ortvalue_output(f"present_value_{layer}", values)
         self.decoder.run_with_iobinding(binding)
-        outputs = binding.copy_outputs_to_cpu()
+        outputs = [value.numpy() for value in binding.get_outputs()[: len(names)]]
         pred_ids, pred_prob, canvas_prob = outputs[:3]
         result = (pred_ids, pred_prob.astype(np.float32), canvas_prob.astype(np.float32))
         if need_logits:
             result += (outputs[3],)
         if keep_canvas:
-            result += (CanvasKeys(keys=outputs[-2], values=outputs[-1]),)
+            result += (CanvasKeys(keys=outputs[-2], values=outputs[-1], written=written,
+                                  call=written.store.calls if written is not None else 0),)
         return result

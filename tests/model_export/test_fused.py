@@ -52,6 +52,32 @@ def close(a, b, tolerance):
     assert np.abs(a[finite] - b[finite]).max() < tolerance
 
 
+def run_decoder(sess, names, feeds):
+    """`sess.run(names, feeds)` for a decoder of either kind: one taking the stacked `keys`/
+    `values`, or a buffered one (per-layer buffers bound as past and present), given the
+    same feeds."""
+    if "past_key_0" not in {i.name for i in sess.get_inputs()}:
+        return sess.run(names, feeds)
+    keys, values = feeds["keys"], feeds["values"]
+    L, B, H, S, D = keys.shape
+    C = feeds["canvas_ids"].shape[1]
+    binding = sess.io_binding()
+    for name, value in feeds.items():
+        if name not in ("keys", "values"):
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+    for name in names:
+        binding.bind_output(name, "cpu")
+    for kind, stacked in (("key", keys), ("value", values)):
+        buffer = np.zeros((L, B, H, S + C + 3, D), np.float32)  # room to spare, as a store
+        buffer[:, :, :, :S] = stacked
+        for layer in range(L):
+            value = ort.OrtValue.ortvalue_from_numpy(buffer[layer])
+            binding.bind_ortvalue_input(f"past_{kind}_{layer}", value)
+            binding.bind_ortvalue_output(f"present_{kind}_{layer}", value)
+    sess.run_with_iobinding(binding)
+    return [value.numpy() for value in binding.get_outputs()[: len(names)]]
+
+
 def compare(card, old_encoder, old_decoder, new_encoder, new_decoder, tolerance=1e-3, seed=0):
     """The two pairs on the same random contexts and canvases: batched padded encodes, an
     extension on a past, decoder calls with the anchor hidden, several canvas lengths."""
@@ -85,7 +111,8 @@ def compare(card, old_encoder, old_decoder, new_encoder, new_decoder, tolerance=
         feeds = {"canvas_ids": canvas, "canvas_position_ids": np.arange(S - 1, S - 1 + C)[None],
                  "keys": keys, "values": values, "context_mask": context_mask,
                  "canvas_mask": np.ones((1, C), bool)}
-        old, new = old_decoder.run(OUTPUTS, feeds), new_decoder.run(OUTPUTS, feeds)
+        old, new = run_decoder(old_decoder, OUTPUTS, feeds), run_decoder(new_decoder, OUTPUTS,
+                                                                         feeds)
         assert (old[0] == new[0]).all()
         for a, b in zip(old[1:], new[1:]):
             close(a, b, tolerance)
@@ -215,7 +242,8 @@ def test_the_shipped_fused_graphs_equal_its_q4_graphs():
     note = card.extra.get("export", {}).get("fused", {})
     shipped = onnx.load(str(directory / "decoder.fused.onnx"), load_external_data=False)
     rebuilt = fuse_decoder(old_d, card, note.get("accuracy_level"),
-                           mlp_accuracy_level=note.get("decoder_mlp_accuracy_level"))
+                           mlp_accuracy_level=note.get("decoder_mlp_accuracy_level"),
+                           buffers=note.get("buffers", False))
     assert shipped.graph.node == rebuilt.graph.node
 
 
@@ -246,8 +274,8 @@ def test_a_buffer_decoder_writes_the_canvas_into_the_context_buffers(ar_dir):
     the canvas's own keys/values in the buffers after the context's."""
     card = load_card(ar_dir)
     old_d = onnx.load(str(ar_dir / "decoder.onnx"), load_external_data=False)
-    plain = session(ar_dir / "decoder.fused.onnx")
-    buffered = session(ar_dir / "decoder.onnx", fuse_decoder(old_d, card, buffers=True))
+    plain = session(ar_dir / "decoder.onnx", fuse_decoder(old_d, card, buffers=False))
+    buffered = session(ar_dir / "decoder.fused.onnx")  # what fuse_graphs writes
     encoder = session(ar_dir / "encoder.fused.onnx")
     rng = np.random.default_rng(2)
     S, C, extra = 19, 5, 8
@@ -280,3 +308,55 @@ def test_a_buffer_decoder_writes_the_canvas_into_the_context_buffers(ar_dir):
     close(key_buffer[:, :, :, S : S + C], want[2], 1e-5)
     close(value_buffer[:, :, :, S : S + C], want[3], 1e-5)
     assert (key_buffer[:, :, :, :S] == keys).all()
+
+
+def test_buffered_states_never_see_each_others_writes(ar_dir):
+    """A buffered decoder writes each call's keys/values into its state's store, after the
+    state: appends, calls from a state that is no longer its store's head (the state a
+    request started from, after the request appended to it), and an append whose call was
+    overwritten by a later call all give what the stacked-keys decoder gives."""
+    card = load_card(ar_dir)
+    runtime = OnnxDenoiser(card, "cpu", 1)
+    assert runtime.buffered
+    old_d = onnx.load(str(ar_dir / "decoder.onnx"), load_external_data=False)
+    plain = session(ar_dir / "decoder.onnx", fuse_decoder(old_d, card, buffers=False))
+    rng = np.random.default_rng(8)
+    layout = build_layout([list(rng.integers(4, card.vocab_size, 21)), []], [10],
+                          card.special_tokens.file, shift=True)
+    start = runtime.encode(layout)
+    ids, positions = layout.decoder_inputs(rng.integers(4, card.vocab_size, 10),
+                                           np.array(layout.canvas_positions[0]))
+
+    def reference(first, count):
+        """The stacked decoder's outputs for inputs first..first+count, re-sending all."""
+        feeds = {"canvas_ids": ids[None, : first + count],
+                 "canvas_position_ids": positions[None, : first + count],
+                 "keys": start.keys, "values": start.values,
+                 "context_mask": start.context_mask,
+                 "canvas_mask": np.ones((1, first + count), bool)}
+        got = plain.run(["pred_ids", "pred_prob"], feeds)
+        return got[0][:, first:], got[1][:, first:]
+
+    def check(state, first, count):
+        got = runtime.denoise_step(state, ids[None, first : first + count],
+                                   positions[None, first : first + count], keep_canvas=True)
+        want = reference(first, count)
+        assert (got[0] == want[0]).all()
+        close(got[1], want[1], 1e-4)
+        return got[-1]
+
+    canvas = check(start, 0, 4)
+    one = runtime.append_canvas(start, canvas, 2)  # no copy: the call wrote them
+    assert one.store is not None and one.writable and one.length == start.length + 2
+    canvas = check(one, 2, 3)
+    two = runtime.append_canvas(one, canvas, 3)
+    assert two.store is one.store and not one.writable
+    check(two, 5, 5)
+    # the start again: its copy is no longer its store's head, so the call gets a new copy
+    canvas = check(start, 0, 3)
+    other = rng.integers(4, card.vocab_size, (1, 6))  # a later call on the same state
+    runtime.denoise_step(start, other, positions[None, :6])  # writes over those inputs
+    again = runtime.append_canvas(start, canvas, 3)  # ... so the append writes its own copy
+    check(again, 3, 7)
+    check(two, 5, 4)  # the first chain's state is as it was
+    check(one, 2, 8)
