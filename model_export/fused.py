@@ -269,9 +269,7 @@ def _body(b: _Builder, card, x: str, positions: str, past_keys, past_values,
     names each; their present outputs are then `present_key_{l}`/`present_value_{l}`);
     `past_length` (1,) int64 is P. Returns (final hidden state or None, per-layer keys,
     per-layer values), the keys/values (B, H, T, D) of x's own tokens, post-rotary.
-    `levels`: MatMulNBits accuracy levels of the attention's and the MLP's matrices (None:
-    as exported)."""
-    attention_level, mlp_level = levels
+    `levels`: MatMulNBits accuracy level per matrix role (`MATRICES`; None: as exported)."""
     source = b.source
     d_model = card.n_heads * card.head_dim
     H, Hkv, D = card.n_heads, card.kv_heads, card.head_dim
@@ -297,7 +295,7 @@ def _body(b: _Builder, card, x: str, positions: str, past_keys, past_values,
                 "SkipSimplifiedLayerNormalization", [pending, residual, attn_norm], 4,
                 domain=MS, epsilon=source.eps)
         sums: dict[str, str] = {}
-        qkv = _q4_matmul(b, normed, qkv_node, sums, attention_level)
+        qkv = _q4_matmul(b, normed, qkv_node, sums, levels["qkv"])
         sizes = b.const(np.array([H * D, Hkv * D, Hkv * D], np.int64))
         q, k, v = b.node("Split", [qkv, sizes], 3, axis=-1)
         q = b.one("RotaryEmbedding", [q, positions, cos, sin], domain=MS)
@@ -319,23 +317,46 @@ def _body(b: _Builder, card, x: str, positions: str, past_keys, past_values,
             "GroupQueryAttention",
             [q, k, v, past_k, past_v, seqlens, total32, "", "", "", bias], presents,
             domain=MS, num_heads=H, kv_num_heads=Hkv, causal=int(causal), do_rotary=0)[0]
-        projected = _q4_matmul(b, attended, proj, sums, attention_level)
+        projected = _q4_matmul(b, attended, proj, sums, levels["proj"])
         mlp_norm = b.copy(next(norms))
         normed, _, _, residual = b.node(
             "SkipSimplifiedLayerNormalization", [projected, residual, mlp_norm], 4,
             domain=MS, epsilon=source.eps)
-        gated = _q4_matmul(b, normed, gate, sums, mlp_level)
+        gated = _q4_matmul(b, normed, gate, sums, levels["gate"])
         silu = b.one("Mul", [gated, b.one("Sigmoid", [gated])])
-        hidden = b.one("Mul", [silu, _q4_matmul(b, normed, up, sums, mlp_level)])
-        pending = _q4_matmul(b, hidden, down, sums, mlp_level)
+        hidden = b.one("Mul", [silu, _q4_matmul(b, normed, up, sums, levels["up"])])
+        pending = _q4_matmul(b, hidden, down, sums, levels["down"])
     final = b.copy(next(norms))
     out = b.node("SkipSimplifiedLayerNormalization", [pending, residual, final], 1,
                  domain=MS, epsilon=source.eps)[0]
     return out, keys, values
 
 
-def _levels(level: int | None, mlp_level: int | None) -> tuple[int | None, int | None]:
-    return level, level if mlp_level is None else mlp_level
+MATRICES = ("qkv", "proj", "gate", "up", "down")  # a layer's 4-bit matrices, by role
+
+
+def _levels(level: int | None, mlp_level: int | None,
+            matrix_levels: dict[str, int] | None = None) -> dict[str, int | None]:
+    """Accuracy level per matrix role: `level`, the MLP's `mlp_level` where given, then
+    `matrix_levels`' own (role → level)."""
+    levels = {role: level for role in MATRICES}
+    if mlp_level is not None:
+        levels.update(gate=mlp_level, up=mlp_level, down=mlp_level)
+    unknown = set(matrix_levels or {}) - set(MATRICES)
+    if unknown:
+        raise ValueError(f"no matrix role {sorted(unknown)}: roles are {', '.join(MATRICES)}")
+    levels.update(matrix_levels or {})
+    return levels
+
+
+def parse_matrix_levels(text: str | None) -> dict[str, int]:
+    """"qkv=4,down=0" → {"qkv": 4, "down": 0}."""
+    levels = {}
+    for part in filter(None, (text or "").split(",")):
+        role, _, level = part.partition("=")
+        levels[role.strip()] = int(level)
+    _levels(None, None, levels)  # validates the roles
+    return levels
 
 
 def _stack(b: _Builder, per_layer: list[str], output: str) -> None:
@@ -360,14 +381,15 @@ def _model(b: _Builder, inputs, outputs, opset_from, props: dict[str, str] | Non
 
 
 def fuse_decoder(old, card, accuracy_level: int | None = None, buffers: bool = False,
-                 mlp_accuracy_level: int | None = None):
+                 mlp_accuracy_level: int | None = None,
+                 matrix_levels: dict[str, int] | None = None):
     """The fused decoder (onnx ModelProto) from the exported q4 decoder `old`: the
     contract's inputs, or with `buffers` per-layer key/value buffers instead of `keys` and
     `values` (`past_key_{l}`/`past_value_{l}` (1, H, capacity, D), the first S positions the
     context's, shared with the outputs `present_key_{l}`/`present_value_{l}`: the call
     writes the canvas's keys/values at S.., and copies no cache). `accuracy_level`: the
     4-bit matrices' MatMulNBits accuracy level (None: as exported), `mlp_accuracy_level`
-    the MLP's, when it differs."""
+    the MLP's, when it differs, `matrix_levels` single roles' (`MATRICES`)."""
     from onnx import TensorProto, helper
 
     source = _Source(old, card.n_layers)
@@ -381,7 +403,8 @@ def fuse_decoder(old, card, accuracy_level: int | None = None, buffers: bool = F
     past_values = [f"past_value_{i}" for i in range(L)] if buffers else values
     hidden, own_keys, own_values = _body(
         b, card, x, positions, past_keys, past_values, _dim(b, context_mask, 1), bias,
-        card.canvas_attention == "causal", _levels(accuracy_level, mlp_accuracy_level), True,
+        card.canvas_attention == "causal",
+        _levels(accuracy_level, mlp_accuracy_level, matrix_levels), True,
         card.max_position)
     if source.head is None:
         raise GraphShapeError("no 8-bit tied head in the decoder")
@@ -462,12 +485,14 @@ def fuse_encoder(old, card, accuracy_level: int | None = None,
 def fuse_graphs(model_dir: Path, encoder: str, decoder: str, out_encoder: str,
                 out_decoder: str, accuracy_level: int | None = None,
                 decoder_mlp_accuracy_level: int | None = None,
-                log: Callable[[str], None] = print, buffers: bool = True) -> dict:
+                log: Callable[[str], None] = print, buffers: bool = True,
+                decoder_matrix_levels: dict[str, int] | None = None) -> dict:
     """Write the fused pair next to the exported q4 pair in `model_dir` (same weights file,
     unchanged); returns node counts. `accuracy_level` (None: as exported) for both graphs'
     4-bit matrices, `decoder_mlp_accuracy_level` for the decoder's MLP matrices when it
     differs (the decoder's calls are small and its MLP two thirds of the weights; prefill
-    and the context's keys/values keep the encoder's level). The decoder takes per-layer
+    and the context's keys/values keep the encoder's level), `decoder_matrix_levels` single
+    roles' in the decoder (e.g. {"down": 0}). The decoder takes per-layer
     key/value buffers (`buffers`, what the runtime binds: no cache copied per call), or the
     contract's stacked `keys`/`values`."""
     import onnx
@@ -479,7 +504,8 @@ def fuse_graphs(model_dir: Path, encoder: str, decoder: str, out_encoder: str,
     for src, dst, fuse, extra in (
             (encoder, out_encoder, fuse_encoder, {}),
             (decoder, out_decoder, fuse_decoder,
-             {"mlp_accuracy_level": decoder_mlp_accuracy_level, "buffers": buffers})):
+             {"mlp_accuracy_level": decoder_mlp_accuracy_level, "buffers": buffers,
+              "matrix_levels": decoder_matrix_levels})):
         old = onnx.load(str(model_dir / src), load_external_data=False)
         new = fuse(old, card, accuracy_level, **extra)
         onnx.save(new, str(model_dir / dst))
@@ -498,6 +524,9 @@ def add_fuse_arguments(p: argparse.ArgumentParser) -> None:
                    help="MatMulNBits accuracy level of the 4-bit matrices (default: as exported)")
     p.add_argument("--decoder-mlp-accuracy-level", type=int, default=None, choices=[0, 1, 2, 3, 4],
                    help="the decoder's gate/up/down matrices' level, when it differs")
+    p.add_argument("--decoder-levels", default=None,
+                   help="single roles' levels in the decoder, e.g. qkv=4,proj=4,gate=4,up=4,down=0 "
+                   "(roles: " + ", ".join(MATRICES) + ")")
     p.add_argument("--ship", action="store_true",
                    help="make the fused pair the card's CPU graphs (graphs.cpu in model.json)")
 
@@ -515,12 +544,15 @@ def ship(model_dir: Path, encoder: str, decoder: str, note: dict | None = None) 
 
 def main_from_args(args) -> int:
     model_dir = Path(args.model_dir)
+    matrix_levels = parse_matrix_levels(args.decoder_levels)
     report = fuse_graphs(model_dir, args.encoder, args.decoder, args.out_encoder,
-                         args.out_decoder, args.accuracy_level, args.decoder_mlp_accuracy_level)
+                         args.out_decoder, args.accuracy_level, args.decoder_mlp_accuracy_level,
+                         decoder_matrix_levels=matrix_levels or None)
     if args.ship:
         ship(model_dir, args.out_encoder, args.out_decoder,
              {"from": [args.encoder, args.decoder], "accuracy_level": args.accuracy_level,
-              "decoder_mlp_accuracy_level": args.decoder_mlp_accuracy_level, "buffers": True,
+              "decoder_mlp_accuracy_level": args.decoder_mlp_accuracy_level,
+              "decoder_matrix_levels": matrix_levels or None, "buffers": True,
               "nodes": report})
     print(json.dumps(report))
     return 0

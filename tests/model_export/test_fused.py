@@ -243,7 +243,8 @@ def test_the_shipped_fused_graphs_equal_its_q4_graphs():
     shipped = onnx.load(str(directory / "decoder.fused.onnx"), load_external_data=False)
     rebuilt = fuse_decoder(old_d, card, note.get("accuracy_level"),
                            mlp_accuracy_level=note.get("decoder_mlp_accuracy_level"),
-                           buffers=note.get("buffers", False))
+                           buffers=note.get("buffers", False),
+                           matrix_levels=note.get("decoder_matrix_levels"))
     assert shipped.graph.node == rebuilt.graph.node
 
 
