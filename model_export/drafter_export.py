@@ -273,6 +273,8 @@ def drafter_block(drafter, state: dict, graph: str, point: dict | None,
                                        f"at step {point['step']}, {point.get('time', '')}")
     if old and not old.get("graph"):
         block["prompt_lookup"] = {k: v for k, v in old.items() if k != "lossless"}
+    elif old and "prompt_lookup" in old:  # a drafter exported again
+        block["prompt_lookup"] = old["prompt_lookup"]
     return block
 
 
@@ -336,6 +338,84 @@ def time_one_call(session, n_new: int = 3, cached: int = 512, repeats: int = 20,
             "new": n_new, "cached": cached, "repeats": repeats}
 
 
+def feature_drafter(model_dir: Path, graph: str = DRAFTER_GRAPH, threads: int = 1,
+                    min_confidence: float = 0.0):
+    """A `dlm_lsp.draft.FeatureDrafter` over the directory's drafter graph."""
+    from dlm_lsp.draft import FeatureDrafter
+    from dlm_lsp.modelcard import load_card
+
+    card = load_card(model_dir)
+    return FeatureDrafter(drafter_session(model_dir, graph, threads), card.drafter.n_layers,
+                          card.kv_heads, card.head_dim, min_confidence)
+
+
+def onnx_drafter_proposer(drafter):
+    """A proposer (model_export.speculative) drafting with a `FeatureDrafter` on the
+    session's target features, as `drafter_proposer` does with the torch `Drafter`: the block
+    [frontier, mask...] against every position before the frontier. Its cache follows the
+    session: a fresh one for each loop (`session.extra`), cut back when the session is."""
+
+    def propose(session, history, length):
+        import torch
+
+        if "onnx_drafter" not in session.extra:
+            drafter.reset()
+            session.extra["onnx_drafter"] = True
+        n = session.length
+        if drafter.length > n:
+            drafter.truncate(n)
+        new = session.states[0, drafter.length : n].to(torch.float32).cpu().numpy()
+        draft = drafter.draft(new, history[-1], length)
+        session.extra["drafter_first"] = drafter.last_prob[0]
+        return draft
+
+    return propose
+
+
+def compare_tau(checkpoint: Path, model_dir: Path, references: Path, target: Path,
+                graph: str = DRAFTER_GRAPH) -> dict:
+    """Validation tau of the drafter through torch and through its ONNX graph, obtained the
+    same way: `replay` of train-drafter's greedy references (its cached
+    `eval_references.pt`: the cursors, the bf16 target's greedy continuations and its
+    features) with `drafter_proposer` (torch, the checkpoint, as `--eval-only` scores it)
+    and `onnx_drafter_proposer` (the graph); alone and after prompt lookup."""
+    import torch
+
+    from dlm_lsp.draft import PromptLookup
+
+    from .speculative import (GreedyReference, TargetSession, drafter_proposer, lookup_then,
+                              replay, tokens_per_call)
+    from .train_drafter import load_target
+
+    torch.set_num_threads(1)
+    target_model = load_target(target)
+    drafter, _ = load_drafter(checkpoint)
+    saved = torch.load(references, map_location="cpu", weights_only=False)
+    layers = saved["key"]["layers"]
+    if list(layers) != list(drafter.cfg.target_layers):
+        raise ValueError(f"the references hold layers {layers}, the drafter reads "
+                         f"{drafter.cfg.target_layers}")
+    refs = []
+    for prompt, continuation, states in saved["references"]:
+        session = TargetSession(target_model, layers)
+        session.states, session.length = states, states.shape[1]
+        refs.append(GreedyReference(prompt, continuation, session))
+    lookup = PromptLookup()
+    draft_length = drafter.cfg.block_size - 1
+    proposers = {"torch": drafter_proposer(drafter),
+                 "onnx": onnx_drafter_proposer(feature_drafter(model_dir, graph))}
+    out: dict = {"cursors": len(refs), "new_tokens": len(refs[0].continuation)}
+    for name, propose in proposers.items():
+        for label, proposer in (("drafter", propose),
+                                ("lookup_then_drafter", lookup_then(lookup, propose))):
+            started = time.time()
+            results = [replay(r, proposer, draft_length) for r in refs]
+            out[f"tau_{label}_{name}"] = round(tokens_per_call(results), 3)
+            out[f"accepted_{label}_{name}"] = sum(d.accepted for d in results)
+            out[f"seconds_{label}_{name}"] = round(time.time() - started, 1)
+    return out
+
+
 def add_export_drafter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a train-drafter checkpoint (runs/drafter/last.pt)")
     p.add_argument("model_dir", help="the target's model directory (its fused graphs)")
@@ -345,6 +425,11 @@ def add_export_drafter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-card", action="store_true", help="write the graph only")
     p.add_argument("--time", action="store_true",
                    help="time one call (3 new features on 512 cached positions, 1 thread)")
+    p.add_argument("--tau", default=None, metavar="REFERENCES",
+                   help="also score tau through torch and through the graph on train-drafter's "
+                   "greedy references (runs/drafter/eval_references.pt), the same replay")
+    p.add_argument("--target", default="runs/smollm2/base.pt",
+                   help="the imported target, for --tau (the torch drafter's head)")
 
 
 def main_from_args(args) -> int:
@@ -353,9 +438,13 @@ def main_from_args(args) -> int:
                             Path(args.curve) if args.curve else None, not args.no_card)
     if args.time:
         report["one_call"] = time_one_call(drafter_session(model_dir, args.graph))
+    if args.tau:
+        report["tau"] = compare_tau(Path(args.checkpoint), model_dir, Path(args.tau),
+                                    Path(args.target), args.graph)
     print(json.dumps(report))
     return 0
 
 
-__all__ = ["DRAFTER_GRAPH", "add_export_drafter_arguments", "drafter_block", "drafter_graph",
-           "drafter_session", "export_drafter", "load_drafter", "time_one_call"]
+__all__ = ["DRAFTER_GRAPH", "add_export_drafter_arguments", "compare_tau", "drafter_block",
+           "drafter_graph", "drafter_session", "export_drafter", "feature_drafter",
+           "load_drafter", "onnx_drafter_proposer", "time_one_call"]

@@ -555,7 +555,10 @@ def ship(model_dir: Path, encoder: str, decoder: str, note: dict | None = None) 
     raw = json.loads(path.read_text())
     raw["graphs"]["cpu"] = {"encoder": encoder, "decoder": decoder, "dtype": "float32"}
     if note is not None:
-        raw.setdefault("export", {})["fused"] = note
+        old = raw.setdefault("export", {}).get("fused") or {}
+        if "note" in old and "note" not in note:  # a hand-written word on where they came from
+            note = {**note, "note": old["note"]}
+        raw["export"]["fused"] = note
     path.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
 
 

@@ -135,3 +135,50 @@ def test_the_drafter_shares_the_targets_tensors_and_the_card_says_what_it_is(exp
     assert card.drafter.training_tokens == 1234 and card.drafter.training_minutes == 1.5
     assert card.drafter.tau["tau_drafter"] == 1.5  # the checkpoint's own curve point
     assert report["tau_recorded"] and report["params"] == drafter.num_params()
+
+
+def test_the_feature_drafter_keeps_its_cache_with_the_text(exported):
+    """`dlm_lsp.draft.FeatureDrafter`: features handed over in pieces as the text grows, a
+    truncated tail handed over again, draft what one call over the whole context drafts; the
+    confidence floor cuts the draft before its first unsure guess; in the speculative loop's
+    replay it counts what the torch drafter counts."""
+    from dlm_lsp.draft import FeatureDrafter
+    from model_export.drafter_export import feature_drafter, onnx_drafter_proposer
+    from model_export.speculative import drafter_proposer, greedy_reference, replay
+
+    directory, target, drafter, _ = exported
+    card = load_card(directory)
+    rng = np.random.default_rng(4)
+    ids = rng.integers(4, card.vocab_size, 30).tolist()
+    features = _features(target, ids)[0].numpy()  # (30, K·d)
+    whole = feature_drafter(directory)
+    want = whole.draft(features[:26], ids[26], 4)
+    assert whole.length == 26 and len(want) == 4 and len(whole.last_prob) == 4
+    pieces = FeatureDrafter(drafter_session(directory), 2, card.kv_heads, card.head_dim)
+    pieces.draft(features[:9], ids[9], 4)
+    pieces.draft(features[9:20], ids[20], 4)
+    pieces.truncate(14)  # positions 14.. rejected: handed over again
+    assert pieces.length == 14
+    assert pieces.draft(features[14:26], ids[26], 4) == want
+    assert np.allclose(pieces.keys, whole.keys, atol=1e-5)
+    assert pieces.draft(features[26:26], ids[26], 2) == want[:2]  # nothing new: the same block
+    floor = sorted(whole.last_prob)[1] + 1e-6  # above the two least probable guesses
+    unsure = FeatureDrafter(drafter_session(directory), 2, card.kv_heads, card.head_dim,
+                            min_confidence=floor)
+    first_low = min(i for i, p in enumerate(whole.last_prob) if p < floor)
+    assert unsure.draft(features[:26], ids[26], 4) == want[:first_low]
+    def logged(propose, log):
+        def wrapped(session, history, length):
+            log.append(propose(session, history, length))
+            return log[-1]
+        return wrapped
+
+    onnx_propose = onnx_drafter_proposer(whole)
+    for seed in (1, 2):
+        prompt = rng.integers(4, card.vocab_size, 20).tolist()
+        reference = greedy_reference(target, prompt, 12, LAYERS)
+        torch_drafts, onnx_drafts = [], []
+        torch_side = replay(reference, logged(drafter_proposer(drafter), torch_drafts), 4)
+        onnx_side = replay(reference, logged(onnx_propose, onnx_drafts), 4)
+        assert onnx_drafts == torch_drafts and len(onnx_drafts) > 1  # every call's draft
+        assert (onnx_side.calls, onnx_side.accepted) == (torch_side.calls, torch_side.accepted)
