@@ -9,6 +9,10 @@ commits.
 `lookup`): code repeats its own names and lines, so the tokens that followed the latest earlier
 occurrence of the text's last n tokens are a good guess for what follows now. Longer matches
 first (they are right more often); none at all below `min_ngram`.
+
+`FeatureDrafter` is the trained one (the card's `drafter.graph`, a DFlash block drafter): it
+reads the target's own features of the text (the fused graphs' `features` output) and guesses
+a block after the last committed token in one call of its small graph.
 """
 
 from __future__ import annotations
@@ -75,4 +79,65 @@ class PromptLookup:
         return []
 
 
-__all__ = ["Drafter", "PromptLookup"]
+class FeatureDrafter:
+    """Drafts from a trained feature drafter (`drafter.onnx`, the card's `DrafterCard`): a block
+    of guesses after the anchor, read from the target's features of the text before it.
+
+    It keeps the drafter's key/value cache of the context positions it has been given
+    (0..`length`-1, in text order); each `draft` hands it the target's `FEATURES` of the
+    positions after those (the committed tokens the target has run since), which it appends,
+    and the anchor, the last committed token, which sits at the next position. Positions
+    that stop being the text (a rejected tail, an edit) are dropped with `truncate`. Pure
+    apart from the ONNX Runtime `session`; `last_prob` holds the last draft's probabilities.
+    """
+
+    def __init__(self, session, n_layers: int, kv_heads: int, head_dim: int,
+                 min_confidence: float = 0.0) -> None:
+        self.session = session
+        self.shape = (n_layers, 1, kv_heads, 0, head_dim)
+        self.min_confidence = min_confidence  # > 0: stop before the first guess below it
+        # K·d, the width of the target features the graph reads
+        self.width = int({i.name: i for i in session.get_inputs()}["features"].shape[2])
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every cached position (another document)."""
+        self.keys = np.zeros(self.shape, np.float32)
+        self.values = np.zeros(self.shape, np.float32)
+        self.last_prob: list[float] = []
+
+    @property
+    def length(self) -> int:
+        """Context positions cached."""
+        return self.keys.shape[3]
+
+    def truncate(self, length: int) -> None:
+        """Keep the first `length` cached positions."""
+        self.keys = self.keys[:, :, :, :length]
+        self.values = self.values[:, :, :, :length]
+
+    def draft(self, features: np.ndarray, anchor: int, length: int) -> list[int]:
+        """Up to `length` tokens after `anchor`, which sits right after the context: the cached
+        positions, then `features` (N, K·d) (or (1, N, K·d)) of the N positions after them."""
+        features = np.asarray(features, np.float32).reshape(1, -1, self.width)
+        start = self.length
+        n = features.shape[1]
+        ids, probs, keys, values = self.session.run(None, {
+            "features": features,
+            "feature_position_ids": np.arange(start, start + n, dtype=np.int64)[None],
+            "past_drafter_keys": self.keys, "past_drafter_values": self.values,
+            "anchor_ids": np.array([[anchor]], np.int64),
+            "anchor_position_ids": np.array([[start + n]], np.int64)})
+        if n:
+            self.keys = np.concatenate([self.keys, keys], axis=3)
+            self.values = np.concatenate([self.values, values], axis=3)
+        self.last_prob = probs[0].tolist()
+        keep = max(0, length)
+        if self.min_confidence > 0:
+            low = np.flatnonzero(probs[0] < self.min_confidence)
+            if low.size:
+                keep = min(keep, int(low[0]))
+        return ids[0, :keep].tolist()
+
+
+__all__ = ["Drafter", "FeatureDrafter", "PromptLookup"]

@@ -25,6 +25,14 @@ section "The model contract" says why there are two graphs):
 
 Format 1 cards (no ``context_attention``) are bidirectional: the context is encoded whole.
 
+A card's ``drafter`` block (`DrafterCard`) says what drafts for the speculative strategy: prompt
+lookup (no graph), or a trained feature drafter, ``drafter.onnx`` (model_export/drafter_export.py):
+``features[1,N,K·d]`` (the target's `FEATURES` of N new context positions),
+``feature_position_ids[1,N] int64``, ``past_drafter_keys``/``past_drafter_values``
+``[n_layers,1,H,P,D]`` (P may be 0), ``anchor_ids[1,1] int64``, ``anchor_position_ids[1,1]
+int64`` → ``draft_ids[1,B-1] int64``, ``draft_prob[1,B-1] float32``, ``drafter_keys``/
+``drafter_values`` ``[n_layers,1,H,N,D]`` (the new positions', to append to the cache).
+
 How context and canvas are laid out in positions is `dlm_lsp.layout`.
 """
 
@@ -51,6 +59,13 @@ LOGITS = "logits"  # the decoder's extra output, for evaluation
 # a fused decoder's optional outputs (model_export/fused.py): its inputs' own keys/values
 # (L,B,H,C,D), so committed canvas tokens can join the context without an encoder call
 CANVAS_KEYS, CANVAS_VALUES = "canvas_keys", "canvas_values"
+# fused graphs' optional output for a feature drafter: the residual streams of the drafter's
+# target layers (B,T,K·d), for every input token (context in the encoder, canvas in the decoder)
+FEATURES = "features"
+# a feature drafter's graph (DrafterCard.graph)
+DRAFTER_INPUTS = ("features", "feature_position_ids", "past_drafter_keys", "past_drafter_values",
+                  "anchor_ids", "anchor_position_ids")
+DRAFTER_OUTPUTS = ("draft_ids", "draft_prob", "drafter_keys", "drafter_values")
 # decoder metadata: "1" when the graph takes one request per call (GroupQueryAttention
 # takes several new tokens on a past only at batch 1); a batch then runs row by row
 ROWS_PER_CALL = "dlm.rows_per_call"
@@ -99,6 +114,54 @@ class GraphFiles:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DrafterCard:
+    """The card's ``drafter`` block: what drafts for the speculative strategy. ``graph`` None
+    is prompt lookup (training-free); a graph is a feature drafter reading the target's
+    `FEATURES` of ``target_layers`` and guessing ``block_size - 1`` tokens after an anchor."""
+
+    kind: str
+    trained: bool = False
+    graph: str | None = None  # drafter.onnx: DRAFTER_INPUTS → DRAFTER_OUTPUTS
+    target_layers: tuple[int, ...] = ()  # 0: the embedding, l: after block l
+    block_size: int = 0  # anchor + guessed tokens
+    n_layers: int = 0  # drafter layers (the first axis of its key/value cache)
+    params: int = 0
+    training_tokens: int = 0
+    training_minutes: float = 0.0
+    tau: dict[str, Any] | None = None  # tokens per target call, as measured (where, how)
+
+
+def _drafter_card(raw: Any, where: str, n_layers: int) -> DrafterCard | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("kind"), str):
+        raise ModelError(f"{where}: drafter must be an object with a 'kind'")
+    graph = raw.get("graph")
+    if graph is not None and not isinstance(graph, str):
+        raise ModelError(f"{where}: drafter graph must name a file")
+    layers = raw.get("target_layers", [])
+    if not isinstance(layers, list) or any(not isinstance(x, int) or isinstance(x, bool)
+                                           or not 0 <= x <= n_layers for x in layers):
+        raise ModelError(f"{where}: drafter target_layers must be layers 0..{n_layers}")
+    numbers = {}
+    for name, kind in (("block_size", int), ("n_layers", int), ("params", int),
+                       ("training_tokens", int), ("training_minutes", (int, float))):
+        value = raw.get(name, 0)
+        if not isinstance(value, kind) or isinstance(value, bool) or value < 0:
+            raise ModelError(f"{where}: drafter {name} must be a non-negative number")
+        numbers[name] = value
+    if graph is not None and (not layers or numbers["block_size"] < 2 or not numbers["n_layers"]):
+        raise ModelError(f"{where}: a drafter graph needs target_layers, block_size >= 2 and "
+                         "n_layers")
+    tau = raw.get("tau")
+    if tau is not None and not isinstance(tau, dict):
+        raise ModelError(f"{where}: drafter tau must be an object")
+    return DrafterCard(kind=raw["kind"], trained=bool(raw.get("trained", False)), graph=graph,
+                       target_layers=tuple(layers), tau=tau,
+                       training_minutes=float(numbers.pop("training_minutes")), **numbers)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelCard:
     """Everything the runtime needs to know about a model directory."""
 
@@ -125,6 +188,9 @@ class ModelCard:
     shift: bool = False
     reads_suffix: bool = True  # False: the model never saw text after a hole (a plain AR model)
     weights: str | None = None  # the graphs' shared external-data file (format 2)
+    # what drafts for the speculative strategy (parsed from extra["drafter"], which keeps
+    # the block as written)
+    drafter: DrafterCard | None = field(default=None, compare=False)
     directory: Path = field(default=Path("."), compare=False)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # training, corpus, ...
 
@@ -181,6 +247,9 @@ class ModelCard:
             out["architecture"]["n_kv_heads"] = self.n_kv_heads
         if self.weights is not None:
             out["weights"] = self.weights
+        if self.drafter is not None and "drafter" not in self.extra:
+            out["drafter"] = {k: list(v) if isinstance(v, tuple) else v
+                              for k, v in vars(self.drafter).items()}
         for key, value in self.extra.items():
             if key == "architecture":
                 out["architecture"] = {**value, **out["architecture"]}
@@ -278,6 +347,8 @@ def parse_card(raw: Any, directory: Path) -> ModelCard:
         shift=flags["shift"],
         reads_suffix=flags["reads_suffix"],
         weights=weights,
+        drafter=_drafter_card(raw.get("drafter"), where,
+                              _require(arch, "n_layers", int, where + " architecture")),
         directory=directory,
         extra={k: v for k, v in raw.items() if k not in core},
     )
@@ -298,6 +369,7 @@ def load_card(directory: str | Path) -> ModelCard:
     card = parse_card(raw, directory)
     needed = [card.tokenizer] + [f for g in card.graphs.values() for f in (g.encoder, g.decoder)]
     needed += [card.weights] if card.weights else []
+    needed += [card.drafter.graph] if card.drafter and card.drafter.graph else []
     for name in needed:
         if not card.path(name).is_file():
             raise ModelError(f"{directory}: model.json names {name}, which is missing")

@@ -86,6 +86,12 @@ def cmd_train_drafter(args) -> int:
     return main_from_args(args)
 
 
+def cmd_export_drafter(args) -> int:
+    from .drafter_export import main_from_args
+
+    return main_from_args(args)
+
+
 def cmd_verify(args) -> int:
     from .export import verify_from_args
 
@@ -189,6 +195,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "weights file (unchanged); --ship makes them the card's CPU graphs.")
     add_fuse_arguments(p)
     p.set_defaults(func=cmd_fuse)
+
+    from .drafter_export import add_export_drafter_arguments
+
+    p = sub.add_parser("export-drafter", help="write a trained drafter's ONNX graph and the "
+                       "card's drafter block into a model directory",
+                       description="Export a train-drafter checkpoint as drafter.onnx beside "
+                       "the target's fused graphs: the drafter's own weights (float16) in the "
+                       "graph, the target's embedding, final norm and head read from the "
+                       "directory's weights file (unchanged); the card's drafter block says "
+                       "what it is (layers, block, params, training tokens and minutes, the "
+                       "checkpoint's validation tau when its curve has it).")
+    add_export_drafter_arguments(p)
+    p.set_defaults(func=cmd_export_drafter)
 
     p = sub.add_parser("verify", help="check a model directory: card, parity, timings",
                        description="Load model.json with the runtime's loader, run both graphs "

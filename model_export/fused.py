@@ -30,6 +30,13 @@ The contract (names, shapes, dtypes in dlm_lsp.modelcard) is the old graphs'; th
 also outputs the canvas's own keys/values (`CANVAS_KEYS`, `CANVAS_VALUES`, (L,B,H,C,D)),
 computed only when bound, so a runtime can append committed canvas tokens to a context
 without an encoder call.
+
+With `features` (a drafter's target layers, `model_export/drafter.py`), both graphs also
+output `FEATURES` (B, T, K·d): the residual stream after each of those blocks (0: the
+embedding, L: the last block, before the final norm; `Denoiser.layer_states`), concatenated
+in the order asked, for every input token. The residuals are computed anyway (the
+`SkipSimplifiedLayerNormalization` nodes' sum outputs); only their Concat is added, and it
+runs only when the output is bound.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ import numpy as np
 from dlm_lsp import modelcard
 
 CANVAS_KEYS, CANVAS_VALUES = modelcard.CANVAS_KEYS, modelcard.CANVAS_VALUES
+FEATURES = modelcard.FEATURES
 MASKED = -1.0e9  # the attention bias of a key a query may not see (finite: no NaN rows)
 MS = "com.microsoft"
 
@@ -262,14 +270,18 @@ def _attention_bias(b: _Builder, key_masks: list[str], queries: str) -> str:
 
 def _body(b: _Builder, card, x: str, positions: str, past_keys, past_values,
           past_length: str, bias: str, causal: bool, levels: tuple[int | None, int | None],
-          last_mlp: bool, max_position: int):
+          last_mlp: bool, max_position: int, states: dict[int, str] | None = None):
     """The transformer blocks over x (B, T, d) at `positions` (B, T) against the past:
     `past_keys`/`past_values` one (L, B, H, P, D) input each, or per layer (B, H, ≥P+T, D)
     buffers that GroupQueryAttention writes x's keys/values into at P.. (a list of input
     names each; their present outputs are then `present_key_{l}`/`present_value_{l}`);
     `past_length` (1,) int64 is P. Returns (final hidden state or None, per-layer keys,
     per-layer values), the keys/values (B, H, T, D) of x's own tokens, post-rotary.
-    `levels`: MatMulNBits accuracy level per matrix role (`MATRICES`; None: as exported)."""
+    `levels`: MatMulNBits accuracy level per matrix role (`MATRICES`; None: as exported).
+    `states`, when given, receives the residual stream after each block (0: x itself, l:
+    after block l, L with `last_mlp` only), by layer."""
+    wanted_last = states is not None and last_mlp  # the stream after the last block
+    states = {} if states is None else states
     source = b.source
     d_model = card.n_heads * card.head_dim
     H, Hkv, D = card.n_heads, card.kv_heads, card.head_dim
@@ -294,6 +306,7 @@ def _body(b: _Builder, card, x: str, positions: str, past_keys, past_values,
             normed, _, _, residual = b.node(
                 "SkipSimplifiedLayerNormalization", [pending, residual, attn_norm], 4,
                 domain=MS, epsilon=source.eps)
+        states[index] = residual  # the stream after block `index` (0: the embedding)
         sums: dict[str, str] = {}
         qkv = _q4_matmul(b, normed, qkv_node, sums, levels["qkv"])
         sizes = b.const(np.array([H * D, Hkv * D, Hkv * D], np.int64))
@@ -327,9 +340,29 @@ def _body(b: _Builder, card, x: str, positions: str, past_keys, past_values,
         hidden = b.one("Mul", [silu, _q4_matmul(b, normed, up, sums, levels["up"])])
         pending = _q4_matmul(b, hidden, down, sums, levels["down"])
     final = b.copy(next(norms))
-    out = b.node("SkipSimplifiedLayerNormalization", [pending, residual, final], 1,
-                 domain=MS, epsilon=source.eps)[0]
-    return out, keys, values
+    outputs = b.node("SkipSimplifiedLayerNormalization", [pending, residual, final],
+                     4 if wanted_last else 1, domain=MS, epsilon=source.eps)
+    if wanted_last:
+        states[len(layers)] = outputs[3]
+    return outputs[0], keys, values
+
+
+def _features(b: _Builder, states: dict[int, str], layers, n_layers: int, what: str) -> str:
+    """The `FEATURES` output: the streams of `layers`, in that order, concatenated."""
+    missing = [layer for layer in layers if layer not in states]
+    if missing:
+        last = n_layers if what == "decoder" else n_layers - 1  # the encoder's last block: k/v
+        raise GraphShapeError(f"the {what} has no residual stream after block(s) {missing}: "
+                              f"layers 0..{last}")
+    b.node("Concat", [states[layer] for layer in layers], [FEATURES], axis=-1)
+    return FEATURES
+
+
+def _feature_output(layers, d_model: int, length: str):
+    from onnx import TensorProto, helper
+
+    return helper.make_tensor_value_info(FEATURES, TensorProto.FLOAT,
+                                         ["batch", length, len(layers) * d_model])
 
 
 MATRICES = ("qkv", "proj", "gate", "up", "down")  # a layer's 4-bit matrices, by role
@@ -382,14 +415,15 @@ def _model(b: _Builder, inputs, outputs, opset_from, props: dict[str, str] | Non
 
 def fuse_decoder(old, card, accuracy_level: int | None = None, buffers: bool = False,
                  mlp_accuracy_level: int | None = None,
-                 matrix_levels: dict[str, int] | None = None):
+                 matrix_levels: dict[str, int] | None = None, features=()):
     """The fused decoder (onnx ModelProto) from the exported q4 decoder `old`: the
     contract's inputs, or with `buffers` per-layer key/value buffers instead of `keys` and
     `values` (`past_key_{l}`/`past_value_{l}` (1, H, capacity, D), the first S positions the
     context's, shared with the outputs `present_key_{l}`/`present_value_{l}`: the call
     writes the canvas's keys/values at S.., and copies no cache). `accuracy_level`: the
     4-bit matrices' MatMulNBits accuracy level (None: as exported), `mlp_accuracy_level`
-    the MLP's, when it differs, `matrix_levels` single roles' (`MATRICES`)."""
+    the MLP's, when it differs, `matrix_levels` single roles' (`MATRICES`). `features`: the
+    layers of the `FEATURES` output (none: no such output)."""
     from onnx import TensorProto, helper
 
     source = _Source(old, card.n_layers)
@@ -401,11 +435,14 @@ def fuse_decoder(old, card, accuracy_level: int | None = None, buffers: bool = F
     L = card.n_layers
     past_keys = [f"past_key_{i}" for i in range(L)] if buffers else keys
     past_values = [f"past_value_{i}" for i in range(L)] if buffers else values
+    states: dict[int, str] | None = {} if features else None
     hidden, own_keys, own_values = _body(
         b, card, x, positions, past_keys, past_values, _dim(b, context_mask, 1), bias,
         card.canvas_attention == "causal",
         _levels(accuracy_level, mlp_accuracy_level, matrix_levels), True,
-        card.max_position)
+        card.max_position, states)
+    if features:
+        _features(b, states, features, card.n_layers, "decoder")
     if source.head is None:
         raise GraphShapeError("no 8-bit tied head in the decoder")
     head, _ = source.head
@@ -448,12 +485,16 @@ def fuse_decoder(old, card, accuracy_level: int | None = None, buffers: bool = F
                helper.make_tensor_value_info(CANVAS_KEYS, f32, [L, "batch", Hkv, "canvas", D]),
                helper.make_tensor_value_info(CANVAS_VALUES, f32,
                                              [L, "batch", Hkv, "canvas", D])] + presents
+    if features:
+        outputs.append(_feature_output(features, card.n_heads * D, "canvas"))
     return _model(b, inputs, outputs, old, {modelcard.ROWS_PER_CALL: "1"})
 
 
 def fuse_encoder(old, card, accuracy_level: int | None = None,
-                 mlp_accuracy_level: int | None = None):
-    """The fused causal encoder (onnx ModelProto) from the exported q4 encoder `old`."""
+                 mlp_accuracy_level: int | None = None, features=()):
+    """The fused causal encoder (onnx ModelProto) from the exported q4 encoder `old`;
+    `features` as `fuse_decoder`'s (the encoder runs its last block's keys/values only, so
+    layers 0..L-1)."""
     from onnx import TensorProto, helper
 
     if not card.causal:
@@ -464,10 +505,13 @@ def fuse_encoder(old, card, accuracy_level: int | None = None,
     past_keys, past_values, past_mask = modelcard.PAST_INPUTS
     x = _embed(b, ids)
     bias = _attention_bias(b, [past_mask, mask], ids)
+    states: dict[int, str] | None = {} if features else None
     _, own_keys, own_values = _body(b, card, x, positions, past_keys, past_values,
                                     _dim(b, past_mask, 1), bias, True,
                                     _levels(accuracy_level, mlp_accuracy_level), False,
-                                    card.max_position)
+                                    card.max_position, states)
+    if features:
+        _features(b, states, features, card.n_layers, "encoder")
     _stack(b, own_keys, modelcard.ENCODER_OUTPUTS[0])
     _stack(b, own_values, modelcard.ENCODER_OUTPUTS[1])
     L, Hkv, D = card.n_layers, card.kv_heads, card.head_dim
@@ -479,6 +523,8 @@ def fuse_encoder(old, card, accuracy_level: int | None = None,
                helper.make_tensor_value_info(past_mask, i64, ["batch", "past"])]
     outputs = [helper.make_tensor_value_info(name, f32, [L, "batch", Hkv, "context", D])
                for name in modelcard.ENCODER_OUTPUTS]
+    if features:
+        outputs.append(_feature_output(features, card.n_heads * D, "context"))
     return _model(b, inputs, outputs, old)
 
 
@@ -486,7 +532,7 @@ def fuse_graphs(model_dir: Path, encoder: str, decoder: str, out_encoder: str,
                 out_decoder: str, accuracy_level: int | None = None,
                 decoder_mlp_accuracy_level: int | None = None,
                 log: Callable[[str], None] = print, buffers: bool = True,
-                decoder_matrix_levels: dict[str, int] | None = None) -> dict:
+                decoder_matrix_levels: dict[str, int] | None = None, features=()) -> dict:
     """Write the fused pair next to the exported q4 pair in `model_dir` (same weights file,
     unchanged); returns node counts. `accuracy_level` (None: as exported) for both graphs'
     4-bit matrices, `decoder_mlp_accuracy_level` for the decoder's MLP matrices when it
@@ -494,7 +540,8 @@ def fuse_graphs(model_dir: Path, encoder: str, decoder: str, out_encoder: str,
     and the context's keys/values keep the encoder's level), `decoder_matrix_levels` single
     roles' in the decoder (e.g. {"down": 0}). The decoder takes per-layer
     key/value buffers (`buffers`, what the runtime binds: no cache copied per call), or the
-    contract's stacked `keys`/`values`."""
+    contract's stacked `keys`/`values`. `features`: the layers of both graphs' `FEATURES`
+    output (a drafter's target layers; none: no such output)."""
     import onnx
 
     from dlm_lsp.modelcard import load_card
@@ -507,7 +554,7 @@ def fuse_graphs(model_dir: Path, encoder: str, decoder: str, out_encoder: str,
              {"mlp_accuracy_level": decoder_mlp_accuracy_level, "buffers": buffers,
               "matrix_levels": decoder_matrix_levels})):
         old = onnx.load(str(model_dir / src), load_external_data=False)
-        new = fuse(old, card, accuracy_level, **extra)
+        new = fuse(old, card, accuracy_level, features=features, **extra)
         onnx.save(new, str(model_dir / dst))
         report[dst] = {"nodes_before": len(old.graph.node), "nodes_after": len(new.graph.node)}
         log(f"{src} → {dst}: {len(old.graph.node)} → {len(new.graph.node)} nodes")
@@ -527,6 +574,10 @@ def add_fuse_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoder-levels", default=None,
                    help="single roles' levels in the decoder, e.g. qkv=4,proj=4,gate=4,up=4,down=0 "
                    "(roles: " + ", ".join(MATRICES) + ")")
+    p.add_argument("--features", default="",
+                   help="target layers (e.g. 2,21,29; 'card': the card's drafter block's "
+                   "target_layers) whose residual streams both graphs also output as "
+                   "'features' (B, T, K*d), for a drafter; default: no such output")
     p.add_argument("--ship", action="store_true",
                    help="make the fused pair the card's CPU graphs (graphs.cpu in model.json)")
 
@@ -538,21 +589,39 @@ def ship(model_dir: Path, encoder: str, decoder: str, note: dict | None = None) 
     raw = json.loads(path.read_text())
     raw["graphs"]["cpu"] = {"encoder": encoder, "decoder": decoder, "dtype": "float32"}
     if note is not None:
-        raw.setdefault("export", {})["fused"] = note
+        old = raw.setdefault("export", {}).get("fused") or {}
+        if "note" in old and "note" not in note:  # a hand-written word on where they came from
+            note = {**note, "note": old["note"]}
+        raw["export"]["fused"] = note
     path.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
+
+
+def feature_layers(value: str, model_dir: Path) -> list[int]:
+    """`--features`: a comma-separated layer list, or "card" (the card's drafter's)."""
+    if value.strip() == "card":
+        from dlm_lsp.modelcard import load_card
+
+        drafter = load_card(model_dir).drafter
+        if drafter is None or not drafter.target_layers:
+            raise SystemExit(f"{model_dir}/model.json has no drafter with target_layers")
+        return list(drafter.target_layers)
+    return [int(x) for x in value.split(",") if x.strip()]
 
 
 def main_from_args(args) -> int:
     model_dir = Path(args.model_dir)
     matrix_levels = parse_matrix_levels(args.decoder_levels)
+    features = feature_layers(args.features, model_dir)
     report = fuse_graphs(model_dir, args.encoder, args.decoder, args.out_encoder,
                          args.out_decoder, args.accuracy_level, args.decoder_mlp_accuracy_level,
-                         decoder_matrix_levels=matrix_levels or None)
+                         decoder_matrix_levels=matrix_levels or None, features=features)
     if args.ship:
-        ship(model_dir, args.out_encoder, args.out_decoder,
-             {"from": [args.encoder, args.decoder], "accuracy_level": args.accuracy_level,
-              "decoder_mlp_accuracy_level": args.decoder_mlp_accuracy_level,
-              "decoder_matrix_levels": matrix_levels or None, "buffers": True,
-              "nodes": report})
+        note = {"from": [args.encoder, args.decoder], "accuracy_level": args.accuracy_level,
+                "decoder_mlp_accuracy_level": args.decoder_mlp_accuracy_level,
+                "decoder_matrix_levels": matrix_levels or None, "buffers": True,
+                "nodes": report}
+        if features:
+            note["features"] = features
+        ship(model_dir, args.out_encoder, args.out_decoder, note)
     print(json.dumps(report))
     return 0

@@ -16,6 +16,14 @@ import numpy as np
 # what this process exported already: the build's arguments → its directory (an export costs
 # ~15 s of torch.onnx; the same arguments always give the same files, so later calls copy them)
 _BUILT: dict[tuple, Path] = {}
+# the torch model behind each directory written in this process (`torch_model`)
+_MODELS: dict[Path, object] = {}
+
+
+def torch_model(directory: str | Path):
+    """The `Denoiser` (float32, on the grids the graphs were quantized from) that
+    `build_exported_model` exported into `directory` in this process."""
+    return _MODELS[Path(directory).resolve()]
 
 
 def build_exported_model(directory: str | Path, *, context_attention: str = "causal",
@@ -47,6 +55,7 @@ def build_exported_model(directory: str | Path, *, context_attention: str = "cau
         if directory.exists():
             shutil.rmtree(directory)
         shutil.copytree(built, directory)
+        _MODELS[directory.resolve()] = _MODELS[built.resolve()]
         return directory
     import torch
 
@@ -106,4 +115,5 @@ def build_exported_model(directory: str | Path, *, context_attention: str = "cau
                     "decoder.fused.onnx", log=lambda _: None)
         ship(directory, "encoder.fused.onnx", "decoder.fused.onnx")
     _BUILT[key] = directory
+    _MODELS[directory.resolve()] = model
     return directory

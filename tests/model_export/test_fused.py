@@ -244,7 +244,8 @@ def test_the_shipped_fused_graphs_equal_its_q4_graphs():
     rebuilt = fuse_decoder(old_d, card, note.get("accuracy_level"),
                            mlp_accuracy_level=note.get("decoder_mlp_accuracy_level"),
                            buffers=note.get("buffers", False),
-                           matrix_levels=note.get("decoder_matrix_levels"))
+                           matrix_levels=note.get("decoder_matrix_levels"),
+                           features=note.get("features", ()))
     assert shipped.graph.node == rebuilt.graph.node
 
 
@@ -361,3 +362,73 @@ def test_buffered_states_never_see_each_others_writes(ar_dir):
     check(again, 3, 7)
     check(two, 5, 4)  # the first chain's state is as it was
     check(one, 2, 8)
+
+
+def test_the_fused_graphs_output_the_target_features_a_drafter_reads(ar_dir):
+    """`features=`: the residual streams after the asked blocks (Denoiser.layer_states: 0 the
+    embedding, l after block l), concatenated in the order asked, for every input token: the
+    context's in the encoder (whole or extending a past), the canvas's in the decoder (the
+    contract's and the buffer variant), equal to torch's on the same causal text."""
+    import torch
+
+    from model_export.model import block_mask
+    from tests.causal_model import torch_model
+
+    card = load_card(ar_dir)
+    model = torch_model(ar_dir)
+    L = card.n_layers
+    old_e = onnx.load(str(ar_dir / "encoder.onnx"), load_external_data=False)
+    old_d = onnx.load(str(ar_dir / "decoder.onnx"), load_external_data=False)
+    encoder = session(ar_dir / "encoder.onnx", fuse_encoder(old_e, card, features=[1, 0]))
+    rng = np.random.default_rng(7)
+    S, C = 21, 5
+    ids = rng.integers(4, card.vocab_size, (1, S + C))
+    with torch.no_grad():
+        x = torch.from_numpy(ids)
+        real = torch.ones_like(x, dtype=torch.bool)
+        states = model.layer_states(x, torch.arange(S + C)[None],
+                                    block_mask(real, torch.zeros_like(real), causal=True),
+                                    [1, 0, L])
+    want = torch.cat(states, -1).numpy()  # (1, S+C, 3d)
+    d = want.shape[-1] // 3
+    feeds = {"input_ids": ids[:, :S], "position_ids": np.arange(S)[None],
+             "attention_mask": np.ones((1, S), np.int64), **empty_past(1, card)}
+    keys, values, features = encoder.run(["keys", "values", "features"], feeds)
+    assert features.shape == (1, S, 2 * d)
+    close(features, want[:, :S, : 2 * d], 1e-3)
+    extend = {"input_ids": ids[:, 15:S], "position_ids": np.arange(15, S)[None],
+              "attention_mask": np.ones((1, S - 15), np.int64),
+              "past_keys": np.ascontiguousarray(keys[:, :, :, :15]),
+              "past_values": np.ascontiguousarray(values[:, :, :, :15]),
+              "past_mask": np.ones((1, 15), np.int64)}
+    (tail,) = encoder.run(["features"], extend)
+    close(tail, want[:, 15:S, : 2 * d], 1e-3)
+    feeds = {"canvas_ids": ids[:, S:], "canvas_position_ids": np.arange(S, S + C)[None],
+             "keys": keys, "values": values, "context_mask": np.ones((1, S), np.int64),
+             "canvas_mask": np.ones((1, C), bool)}
+    decoder = session(ar_dir / "decoder.onnx", fuse_decoder(old_d, card, features=[1, 0, L]))
+    pred, features = decoder.run(["pred_ids", "features"], feeds)
+    assert features.shape == (1, C, 3 * d)
+    close(features, want[:, S:], 1e-3)
+    plain_pred, = run_decoder(session(ar_dir / "decoder.fused.onnx"), ["pred_ids"], feeds)
+    assert (pred == plain_pred).all()
+    buffered = session(ar_dir / "decoder.onnx",
+                       fuse_decoder(old_d, card, buffers=True, features=[1, 0, L]))
+    binding = buffered.io_binding()
+    for name in ("canvas_ids", "canvas_position_ids", "context_mask", "canvas_mask"):
+        binding.bind_cpu_input(name, feeds[name])
+    shape = (L, 1, card.kv_heads, S + C, card.head_dim)
+    buffers = {"key": np.zeros(shape, np.float32), "value": np.zeros(shape, np.float32)}
+    buffers["key"][:, :, :, :S], buffers["value"][:, :, :, :S] = keys, values
+    for layer in range(L):
+        for kind, buffer in buffers.items():
+            value = ort.OrtValue.ortvalue_from_numpy(buffer[layer])
+            binding.bind_ortvalue_input(f"past_{kind}_{layer}", value)
+            binding.bind_ortvalue_output(f"present_{kind}_{layer}", value)
+    binding.bind_output("features", "cpu")
+    buffered.run_with_iobinding(binding)
+    close(binding.copy_outputs_to_cpu()[-1], want[:, S:], 1e-3)  # bound last
+    with pytest.raises(GraphShapeError):  # the encoder runs its last block's keys/values only
+        fuse_encoder(old_e, card, features=[L])
+    no_features = fuse_decoder(old_d, card)
+    assert "features" not in [o.name for o in no_features.graph.output]
