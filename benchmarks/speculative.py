@@ -41,6 +41,10 @@ def main() -> int:
     samples = sample_positions(files, args.count, args.seed)
     strategies = {"left_to_right": dataclasses.replace(engine.settings, strategy="left_to_right"),
                   "speculative": dataclasses.replace(engine.settings, strategy="speculative")}
+    if getattr(engine.denoiser, "has_drafter", False):
+        # lookup alone (the default) and, where it finds nothing, the card's feature drafter
+        strategies["drafter"] = dataclasses.replace(engine.settings, strategy="speculative",
+                                                    feature_drafts=True)
     records = []
     for sample in samples:
         row = {"kind": sample.kind, "path": sample.path}
@@ -54,7 +58,8 @@ def main() -> int:
                 "drafted": result.drafted, "accepted": result.accepted,
                 "ms": round(1000 * (time.perf_counter() - started), 1),
             }
-        row["same"] = row["left_to_right"]["text"] == row["speculative"]["text"]
+        row["same"] = all(row[name]["text"] == row["left_to_right"]["text"]
+                          for name in strategies)
         records.append(row)
         print(json.dumps(row), file=sys.stderr)
     if args.out:
@@ -62,8 +67,9 @@ def main() -> int:
     kinds = sorted({r["kind"] for r in records}) + ["all"]
     print(f"load average {os.getloadavg()[0]:.2f}; {len(records)} cursors; draft length "
           f"{args.draft_length}")
-    print("| kind | n | same text | calls l2r / spec | tokens per call l2r / spec "
-          "| p50 ms l2r / spec | wall ratio spec/l2r |")
+    names = " / ".join(strategies)
+    print(f"| kind | n | same text | calls {names} | tokens per call {names} "
+          f"| p50 ms {names} | wall ratio to left_to_right |")
     print("|---|---|---|---|---|---|---|")
     for kind in kinds:
         group = [r for r in records if kind in ("all", r["kind"])]
@@ -74,12 +80,16 @@ def main() -> int:
         calls = {n: total(n, "steps") for n in strategies}
         tokens = {n: total(n, "tokens") for n in strategies}
         p50 = {n: statistics.median(r[n]["ms"] for r in group) for n in strategies}
-        wall = total("speculative", "ms") / max(1e-9, total("left_to_right", "ms"))
+        wall = {n: total(n, "ms") / max(1e-9, total("left_to_right", "ms")) for n in strategies}
         same = sum(r["same"] for r in group)
-        print(f"| {kind} | {len(group)} | {same}/{len(group)} | {calls['left_to_right']} / "
-              f"{calls['speculative']} | {tokens['left_to_right'] / max(1, calls['left_to_right']):.2f}"
-              f" / {tokens['speculative'] / max(1, calls['speculative']):.2f} | "
-              f"{p50['left_to_right']:.0f} / {p50['speculative']:.0f} | {wall:.2f} |")
+
+        def each(values, spec="{}"):
+            return " / ".join(spec.format(values[n]) for n in strategies)
+
+        per_call = {n: tokens[n] / max(1, calls[n]) for n in strategies}
+        print(f"| {kind} | {len(group)} | {same}/{len(group)} | {each(calls)} | "
+              f"{each(per_call, '{:.2f}')} | {each(p50, '{:.0f}')} | "
+              f"{each(wall, '{:.2f}')} |")
     return 0
 
 

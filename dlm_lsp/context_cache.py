@@ -158,6 +158,11 @@ class DocumentDenoiser:
             extra["keep_canvas"] = True
         return self.runtime.denoise_step(state, canvas_ids, canvas_positions, **extra)
 
+    def visible_features(self, state, start: int = 0):
+        """The runtime's `visible_features` (a feature drafter's context), or None."""
+        read = getattr(self.runtime, "visible_features", None)
+        return read(state, start) if read is not None else None
+
     def append_canvas(self, state, canvas, count: int):
         """The runtime's `append_canvas`: this request's state, not the document's cached
         one (the cache holds the document's text, not a request's canvas)."""

@@ -18,16 +18,24 @@ a block after the last committed token in one call of its small graph.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 
+# the target's features (N, F) of the text before the frontier from its `start`-th token on
+# (the runtime's `visible_features` of the request's state), None where there are none
+Features = Callable[[int], "np.ndarray | None"]
+
+
 class Drafter(Protocol):
     """Proposes up to `length` tokens to follow `history` (the hole's text so far, in text
-    order: the context before the hole, then its committed tokens)."""
+    order: the context before the hole, then its committed tokens). `features`, where the
+    runtime has them, reads the target's features of history[:-1] (a feature drafter's
+    context; the last token is the anchor, not yet run through the target)."""
 
-    def draft(self, history: Sequence[int], length: int) -> list[int]:
+    def draft(self, history: Sequence[int], length: int,
+              features: Features | None = None) -> list[int]:
         ...
 
 
@@ -57,7 +65,8 @@ class PromptLookup:
     # longer, and every drafted token makes the check call dearer); 0: `length` always
     reach: int = 0
 
-    def draft(self, history: Sequence[int], length: int) -> list[int]:
+    def draft(self, history: Sequence[int], length: int,
+              features: Features | None = None) -> list[int]:
         if length <= 0:
             return []
         tokens = np.asarray(history[-self.window :], dtype=np.int64)
@@ -140,4 +149,47 @@ class FeatureDrafter:
         return ids[0, :keep].tolist()
 
 
-__all__ = ["Drafter", "FeatureDrafter", "PromptLookup"]
+class LookupThenFeatures:
+    """Prompt lookup's draft where it finds one of at least `min_lookup` tokens (a repeat in
+    the document: long, and right more often), else the trained feature drafter's, from the
+    target's features of the text so far. One request's drafter: `fresh()` gives another
+    with its own feature cache (each request, each hole, has its own text).
+
+    The drafter's cache must hold exactly history[:-1]: where the features do not line up
+    with the history (no features, a state that is not one stretch of text), lookup's draft
+    stands."""
+
+    def __init__(self, lookup: PromptLookup, make_drafter: Callable[[], "FeatureDrafter"],
+                 min_lookup: int = 2) -> None:
+        self.lookup = lookup
+        self.make_drafter = make_drafter
+        self.min_lookup = min_lookup
+        self._drafter: FeatureDrafter | None = None
+        self.lookup_drafts = 0  # drafts taken from each source, for measurement
+        self.feature_drafts = 0
+
+    def fresh(self) -> "LookupThenFeatures":
+        return LookupThenFeatures(self.lookup, self.make_drafter, self.min_lookup)
+
+    def draft(self, history: Sequence[int], length: int,
+              features: Features | None = None) -> list[int]:
+        found = self.lookup.draft(history, length)
+        if len(found) >= self.min_lookup or features is None or length <= 0:
+            self.lookup_drafts += bool(found)
+            return found
+        if self._drafter is None:
+            self._drafter = self.make_drafter()
+        drafter = self._drafter
+        new = features(drafter.length)
+        if new is None or drafter.length + len(new) != len(history) - 1:
+            self.lookup_drafts += bool(found)
+            return found
+        guessed = drafter.draft(new, int(history[-1]), length)
+        if len(guessed) <= len(found):
+            self.lookup_drafts += bool(found)
+            return found
+        self.feature_drafts += 1
+        return guessed
+
+
+__all__ = ["Drafter", "FeatureDrafter", "LookupThenFeatures", "PromptLookup"]

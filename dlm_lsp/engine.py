@@ -21,7 +21,7 @@ from tokenizers import Tokenizer
 
 from .cache import TypingCache
 from .context_cache import ContextCache, DocumentDenoiser
-from .draft import PromptLookup
+from .draft import Drafter, FeatureDrafter, LookupThenFeatures, PromptLookup
 from .heal import Heal, Healer, unheal
 from .languages import Syntax, syntax_for
 from .layout import build_layout
@@ -408,17 +408,32 @@ class Engine:
     # how much of the text after the last hole speculative drafts may copy from (characters)
     DRAFT_SOURCE_CHARS = 4000
 
-    def _drafter(self, plan: InfillPlan, text: str) -> PromptLookup:
+    # a feature draft stops before its first guess the drafter is less sure of (its
+    # probability): every drafted token makes the check call dearer
+    DRAFT_CONFIDENCE = 0.3
+
+    def _drafter(self, plan: InfillPlan, text: str, settings: Settings) -> Drafter:
         """Speculative drafts for this plan: prompt lookup in the text before the hole, then in
         the document after the last hole — drafts cost nothing in quality, so the code after
-        the cursor, which a prefix-only model never reads, still helps here."""
+        the cursor, which a prefix-only model never reads, still helps here. Where lookup
+        finds nothing and the model has a trained feature drafter, that drafter guesses."""
         end = plan.holes[-1].end
         after = text[end : end + self.DRAFT_SOURCE_CHARS]
         ids = self.tokenizer.encode(after, add_special_tokens=False).ids if after else []
         # measured on the target's own greedy tokens (benchmarks/draft_policy.py, seed 1) with
         # the fused graphs' call costs: a draft as long as its match, from 1- to 8-token
         # matches, spends least per committed token
-        return PromptLookup(min_ngram=1, max_ngram=8, reach=1, source=tuple(ids))
+        lookup = PromptLookup(min_ngram=1, max_ngram=8, reach=1, source=tuple(ids))
+        drafter = self.card.drafter
+        if not settings.feature_drafts or drafter is None:
+            return lookup
+        session = getattr(self.denoiser, "drafter_session", None)
+        if session is None:
+            return lookup
+        card = self.card
+        return LookupThenFeatures(lookup, lambda: FeatureDrafter(
+            session, drafter.n_layers, card.kv_heads, card.head_dim,
+            min_confidence=self.DRAFT_CONFIDENCE))
 
     def _document_denoiser(self, key: str | None, settings: Settings) -> DocumentDenoiser:
         """The denoiser for one request: with a key (a uri) and the cache on, it starts
@@ -438,7 +453,8 @@ class Engine:
             return FillResult([], plan=plan)
         segments = self._encode_segments(plan, suffix_first and key is None)
         sampler = self.sampler_settings(settings)
-        drafter = self._drafter(plan, text) if sampler.strategy == "speculative" else None
+        drafter = (self._drafter(plan, text, settings) if sampler.strategy == "speculative"
+                   else None)
         heals = self._heal(plan, segments, settings)
         layout = build_layout(
             segments, [h.canvas_length for h in plan.holes], self.card.special_tokens.file,

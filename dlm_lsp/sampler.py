@@ -233,7 +233,8 @@ class _Request:
     def __init__(self, layout: Layout, specials: SpecialTokens, settings: SamplerSettings,
                  cancelled: Callable[[], bool], can_ban: bool,
                  heals: Sequence[HoleStart | None] | None = None,
-                 closed: ScopeClosed | None = None, drafter: Drafter | None = None) -> None:
+                 closed: ScopeClosed | None = None, drafter: Drafter | None = None,
+                 features: Callable[[object, int], Any] | None = None) -> None:
         self.layout = layout
         self.lengths = np.array(layout.canvas_lengths, dtype=np.int64)
         self.starts = _starts(self.lengths)
@@ -266,6 +267,11 @@ class _Request:
         # before it alone (a causal canvas), and read after the token it continues (shifted)
         self.drafter = (drafter if settings.strategy == "speculative" and settings.causal_canvas
                         and layout.shifted else None)
+        fresh = getattr(self.drafter, "fresh", None)  # a drafter with a per-request cache
+        if fresh is not None:
+            self.drafter = fresh()
+        # the runtime's `visible_features(state, start)`: what a feature drafter reads
+        self.features = features
         self.draft: list[int] = []  # this step's drafted tokens, from `draft_at` on
         self.draft_at = -1  # the canvas index of the draft's first token (the frontier)
         self.drafted = 0
@@ -377,7 +383,15 @@ class _Request:
         if heal is not None and heal.allowed_after(committed) is not None:
             return self.canvas
         history = self.layout.context_ids[: anchor + 1] + committed
-        draft = list(self.drafter.draft(history, room))[:room]
+        features = None
+        if (self.features is not None and self.appending and self.state is not None
+                and len(self.lengths) == 1):
+            # the state holds the text before the frontier's input, which is history[-1]
+            # (one hole, appended as it commits: see append_committed)
+            state, read = self.state, self.features
+            features = lambda start: read(state, start)  # noqa: E731
+        extra = {"features": features} if features is not None else {}
+        draft = list(self.drafter.draft(history, room, **extra))[:room]
         # a draft never holds what the canvas cannot: the mask, or end-of-span's stand-ins
         if self.mask_id in draft:
             draft = draft[: draft.index(self.mask_id)]
@@ -572,7 +586,8 @@ def denoise_batch(
     heals = list(heals) if heals is not None else [None] * count
     closed = list(closed) if closed is not None else [None] * count
     drafter = drafter if drafter is not None else PromptLookup()
-    requests = [_Request(layout, specials, s, check, can_ban, heal, done, drafter)
+    features = getattr(denoiser, "visible_features", None)
+    requests = [_Request(layout, specials, s, check, can_ban, heal, done, drafter, features)
                 for layout, s, check, heal, done in zip(layouts, settings, checks, heals,
                                                         closed)]
     for request in requests:

@@ -35,6 +35,11 @@ class Settings:
     # card's recommendation
     strategy: str | None = None
     draft_length: int = 8  # speculative: tokens drafted (and checked in the same call) per step
+    # speculative: where prompt lookup finds no draft, the model's trained feature drafter
+    # guesses one (when the model has one); off: prompt lookup only. Off by default while
+    # the shipped drafter is young: +0.1 tokens per call over lookup, 3-5 % more wall time
+    # (benchmarks/speculative.py, model_export/README.md)
+    feature_drafts: bool = False
     token_healing: bool = True  # back the context off to a token boundary at each hole
     # suffix-likelihood reranking (dlm_lsp.rerank): candidates per hole, scored with the code
     # after the hole (0 = off); for dlm/fill, and for inline completions
@@ -78,7 +83,7 @@ def _snake(name: str) -> str:
 
 def _check(name: str, value: Any) -> Any:
     """Validate one field's value; raise ValueError with a reason when it is unusable."""
-    if name in ("enable", "context_cache", "token_healing", "suffix_first"):
+    if name in ("enable", "context_cache", "token_healing", "suffix_first", "feature_drafts"):
         if not isinstance(value, bool):
             raise ValueError("expected true or false")
     elif name == "languages":

@@ -261,3 +261,38 @@ def test_a_draft_reaches_as_far_as_its_match_is_long():
     assert PromptLookup(max_ngram=3, reach=2).draft(history, 8) == [8, 9, 10, 11, 5, 6]
     assert PromptLookup(max_ngram=3, reach=2).draft(history, 4) == [8, 9, 10, 11]
     assert PromptLookup(max_ngram=3).draft(history, 5) == [8, 9, 10, 11, 5]
+
+
+def test_lookup_then_features_drafts_by_lookup_first_and_checks_the_features_line_up():
+    """LookupThenFeatures: lookup's draft where it has >= 2 tokens; else the feature drafter's,
+    given the features after the ones it holds, only when they are exactly history[:-1]."""
+    from dlm_lsp.draft import LookupThenFeatures, PromptLookup
+
+    class Guesser:  # a FeatureDrafter's interface: a cache length, features in, guesses out
+        def __init__(self):
+            self.length, self.calls = 0, []
+
+        def draft(self, features, anchor, length):
+            self.calls.append((len(features), anchor))
+            self.length += len(features)
+            return [7, 7, 7][:length]
+
+    made = []
+    drafts = LookupThenFeatures(PromptLookup(min_ngram=1, max_ngram=4),
+                                lambda: made.append(Guesser()) or made[-1])
+    width = 3
+    rows = lambda start, total: np.zeros((max(0, total - start), width))  # noqa: E731
+    # a repeat in the history: lookup's draft, the drafter never made
+    assert drafts.draft([1, 2, 3, 4, 1, 2], 4, lambda s: rows(s, 5)) == [3, 4, 1, 2]
+    assert not made
+    # no repeat: the drafter gets the 4 features of history[:-1] and anchor 9
+    assert drafts.draft([1, 2, 3, 4, 9], 4, lambda s: rows(s, 4)) == [7, 7, 7]
+    assert made[0].calls == [(4, 9)]
+    # two tokens later it gets only the two new ones
+    assert drafts.draft([1, 2, 3, 4, 9, 10, 11], 4, lambda s: rows(s, 6)) == [7, 7, 7]
+    assert made[0].calls[-1] == (2, 11)
+    # features that do not line up with the history (one short): lookup's (empty) draft
+    assert drafts.draft([1, 2, 3, 4, 9, 10, 11, 12], 4, lambda s: rows(s, 6)) == []
+    # a fresh drafter (another request) has its own cache
+    other = drafts.fresh()
+    assert other.draft([5, 6, 8], 2, lambda s: rows(s, 2)) == [7, 7] and len(made) == 2

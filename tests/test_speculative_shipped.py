@@ -4,8 +4,10 @@ large run (held-out tasks and bench cursors, >= 100) is slow."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from dlm_lsp.draft import FeatureDrafter, LookupThenFeatures
 from dlm_lsp.engine import Engine
 from dlm_lsp.measure.evaluate import load_tasks
 from dlm_lsp.measure.samples import collect_files, default_files, sample_positions
@@ -36,9 +38,9 @@ def cursors_from_bench(count: int):
     return [(s.text, s.offset) for s in samples]
 
 
-def check_lossless(engine, cursors):
+def check_lossless(engine, cursors, **fast_settings):
     left = Settings(context_cache=False, strategy="left_to_right")
-    fast = Settings(context_cache=False, strategy="speculative")
+    fast = Settings(context_cache=False, strategy="speculative", **fast_settings)
     calls = {"left_to_right": 0, "speculative": 0}
     tokens = drafted = 0
     for text, offset in cursors:
@@ -84,3 +86,37 @@ def test_appending_committed_tokens_to_the_state_changes_no_answer(engine):
         for settings in (left, fast):
             result = engine.complete_text(text, offset, "python", settings=settings)
             assert (result.completion.text if result.completion else None) == want
+
+
+def test_the_feature_drafter_reads_the_targets_features_of_the_text_so_far(engine, monkeypatch):
+    """featureDrafts on: where lookup finds nothing, the shipped DFlash drafter drafts from the
+    target's features of exactly the text before the anchor (what the encoder computes for
+    those tokens, appended call by call), and the answers stay left to right's."""
+    if not getattr(engine.denoiser, "has_drafter", False):
+        pytest.skip("the shipped model has no feature drafter")
+    seen, guesses = [], []
+    real_draft, real_guess = LookupThenFeatures.draft, FeatureDrafter.draft
+
+    def spy(self, history, length, features=None):
+        if features is not None:
+            seen.append((list(history), features(0)))
+        return real_draft(self, history, length, features)
+
+    def count(self, features, anchor, length):
+        got = real_guess(self, features, anchor, length)
+        guesses.append(len(got))
+        return got
+
+    monkeypatch.setattr(LookupThenFeatures, "draft", spy)
+    monkeypatch.setattr(FeatureDrafter, "draft", count)
+    calls, tokens, drafted = check_lossless(engine, cursors_from_heldout(1),
+                                            feature_drafts=True)
+    assert guesses and sum(guesses) > 0  # the drafter drafted
+    runtime = engine.denoiser
+    for history, visible in seen[-1:] + seen[:1]:  # a late step (appended) and the first
+        context = np.asarray([history[:-1]], np.int64)
+        positions = np.arange(context.shape[1], dtype=np.int64)[None]
+        _, _, want = runtime._run_encoder(context, positions, np.ones_like(context), None, None)
+        assert visible.shape == want[0].shape
+        scale = np.abs(want[0]).max()
+        assert np.abs(visible - want[0]).max() < 1e-3 * scale

@@ -37,8 +37,8 @@ import numpy as np
 
 from ..layout import Layout, decoder_masks, pad_contexts
 from ..modelcard import (CANVAS_KEYS, CANVAS_MASK, CANVAS_VALUES, DECODER_INPUTS,
-                         DECODER_OUTPUTS, ENCODER_INPUTS, ENCODER_OUTPUTS, LOGITS, PAST_INPUTS,
-                         ROWS_PER_CALL, GraphFiles, ModelCard, ModelError)
+                         DECODER_OUTPUTS, ENCODER_INPUTS, ENCODER_OUTPUTS, FEATURES, LOGITS,
+                         PAST_INPUTS, ROWS_PER_CALL, GraphFiles, ModelCard, ModelError)
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class KVStore:
     (shared memory); on CUDA one device OrtValue per layer and kind."""
 
     def __init__(self, ort: Any, device: str, shape: tuple[int, int, int], capacity: int,
-                 dtype: Any) -> None:
+                 dtype: Any, feature_width: int = 0) -> None:
         L, H, D = shape
         self.capacity = capacity
         self.head = 0  # the epoch of the state that may write
@@ -116,6 +116,9 @@ class KVStore:
         self._ort, self._device = ort, device
         self.keys = np.zeros((L, 1, H, capacity, D), dtype)
         self.values = np.zeros((L, 1, H, capacity, D), dtype)
+        # the target's features of the same positions, for a feature drafter (host only)
+        self.features = (np.zeros((1, capacity, feature_width), np.float32) if feature_width
+                         else None)
         if device == "cpu":
             self.layers = [(ort.OrtValue.ortvalue_from_numpy(self.keys[layer]),
                             ort.OrtValue.ortvalue_from_numpy(self.values[layer]))
@@ -127,10 +130,19 @@ class KVStore:
 
     @property
     def nbytes(self) -> int:
-        return self.keys.nbytes + self.values.nbytes
+        extra = self.features.nbytes if self.features is not None else 0
+        return self.keys.nbytes + self.values.nbytes + extra
 
-    def write(self, start: int, keys: np.ndarray, values: np.ndarray) -> None:
-        """Host keys/values (L, 1, H, n, D) into positions start.. of every layer."""
+    def write_features(self, start: int, features: np.ndarray | None) -> None:
+        """Features (1, n, F) into positions start.. (nothing without a features buffer)."""
+        if self.features is not None and features is not None:
+            self.features[:, start : start + features.shape[1]] = features
+
+    def write(self, start: int, keys: np.ndarray, values: np.ndarray,
+              features: np.ndarray | None = None) -> None:
+        """Host keys/values (L, 1, H, n, D), and features (1, n, F), into positions start..
+        of every layer."""
+        self.write_features(start, features)
         end = start + keys.shape[3]
         self.sync_host()
         self.keys[:, :, :, start:end] = keys
@@ -167,6 +179,9 @@ class ContextState:
     # the store-backed copy of a state that has none, made by its first buffered call and
     # kept for the next (a list: the state itself stays frozen)
     copies: list = field(default_factory=list, compare=False, repr=False)
+    # (B, S, F) host: the target's features of the context positions, for a feature drafter
+    # (graphs with the `features` output only)
+    features: np.ndarray | None = None
 
     @property
     def length(self) -> int:
@@ -199,6 +214,7 @@ class CanvasKeys:
     values: np.ndarray
     written: ContextState | None = None
     call: int = 0
+    features: np.ndarray | None = None  # (1, C, F): the inputs' target features
 
     @property
     def length(self) -> int:
@@ -245,6 +261,18 @@ class OnnxDenoiser:
         decoder_inputs = {i.name for i in self.decoder.get_inputs()}
         # per-layer buffers shared by past and present: a call copies no cache (KVStore)
         self.buffered = {f"past_key_{i}" for i in range(card.n_layers)} <= decoder_inputs
+        # the target's features for a feature drafter: both graphs output them
+        self.reads_features = (FEATURES in {o.name for o in self.encoder.get_outputs()}
+                               and FEATURES in decoder_outputs)
+        self._feature_width = (int(self.decoder.get_outputs()[[o.name for o in
+                               self.decoder.get_outputs()].index(FEATURES)].shape[-1])
+                               if self.reads_features else 0)
+        # the card's feature drafter (drafter.onnx), when the graphs give what it reads:
+        # loaded on first use (`drafter_session`), so a server that drafts by lookup alone
+        # pays neither its load time nor its memory
+        drafter = card.drafter
+        self.has_drafter = bool(drafter is not None and drafter.graph and self.reads_features)
+        self._drafter_session: Any = None
         meta = self.decoder.get_modelmeta().custom_metadata_map
         self._one_row = meta.get(ROWS_PER_CALL) == "1"  # a batch runs row by row
         self._kv_dtype = np.float16 if self.graphs.dtype == "float16" else np.float32
@@ -252,6 +280,21 @@ class OnnxDenoiser:
         log.info(
             "model %s %s on %s (%s)", card.name, card.version, self.provider, self.graphs.encoder
         )
+
+    @property
+    def drafter_session(self) -> Any:
+        """The feature drafter's session (loaded now if not yet), or None: the card has no
+        drafter graph, or it failed to load (drafts then come from prompt lookup alone; the
+        text is the same)."""
+        if self.has_drafter and self._drafter_session is None:
+            path = self.card.path(self.card.drafter.graph)
+            try:
+                self._drafter_session = self._ort.InferenceSession(
+                    str(path), self._options, providers=self._providers)
+            except Exception as exc:
+                log.warning("cannot load the drafter %s (%s): drafting by lookup", path, exc)
+                self.has_drafter = False
+        return self._drafter_session
 
     def _sessions(self) -> tuple[Any, Any]:
         return self.encoder, self.decoder
@@ -272,6 +315,7 @@ class OnnxDenoiser:
         elif _share_cpu_arena(ort):
             options.add_session_config_entry("session.use_env_allocators", "1")
         self.graphs = graphs
+        self._options, self._providers = options, providers
         sessions = []
         for name in (graphs.encoder, graphs.decoder):
             path = self.card.path(name)
@@ -305,9 +349,10 @@ class OnnxDenoiser:
     def encode_batch(self, layouts: list[Layout]) -> ContextState:
         """Encode several contexts in one call, right-padded to the longest (mask 0)."""
         ids, positions, mask = pad_contexts(layouts, self.card.special_tokens.pad)
-        keys, values = self._run_encoder(ids, positions, mask, None, None)
+        keys, values, features = self._run_encoder(ids, positions, mask, None, None)
         return ContextState(keys=keys, values=values,
-                            context_mask=decoder_masks(layouts, ids.shape[1]))
+                            context_mask=decoder_masks(layouts, ids.shape[1]),
+                            features=features)
 
     def extend(self, state: ContextState | None, keep: int, layout: Layout) -> ContextState:
         """The state of `layout`'s context (one request) from `state`, a state whose first
@@ -325,18 +370,23 @@ class OnnxDenoiser:
             positions = np.asarray([layout.context_positions[keep:]], np.int64)
             past_mask = np.zeros((1, state.length), np.int64)  # the old tail is not attended
             past_mask[0, :keep] = 1
-            new_keys, new_values = self._run_encoder(
+            new_keys, new_values, new_features = self._run_encoder(
                 ids, positions, np.ones_like(ids), (head_keys, head_values), past_mask)
             keys = np.concatenate([head_keys[:, :, :, :keep], self._host(new_keys)], axis=3)
             values = np.concatenate([head_values[:, :, :, :keep], self._host(new_values)], axis=3)
+            features = (np.concatenate([state.features[:, :keep], new_features], axis=1)
+                        if state.features is not None and new_features is not None else None)
         else:
             keys = np.ascontiguousarray(head_keys[:, :, :, :keep])
             values = np.ascontiguousarray(head_values[:, :, :, :keep])
+            features = (np.ascontiguousarray(state.features[:, :keep])
+                        if state.features is not None else None)
         return ContextState(keys=self._device_value(keys), values=self._device_value(values),
-                            context_mask=decoder_masks([layout], total))
+                            context_mask=decoder_masks([layout], total), features=features)
 
-    def _run_encoder(self, ids, positions, mask, past, past_mask) -> tuple[Any, Any]:
-        """One encoder call; `past` (keys, values) with `past_mask` or None (an empty past)."""
+    def _run_encoder(self, ids, positions, mask, past, past_mask) -> tuple[Any, Any, Any]:
+        """One encoder call; `past` (keys, values) with `past_mask` or None (an empty past).
+        Returns keys, values and (host, or None) the target's features of the tokens."""
         binding = self.encoder.io_binding()
         for name, value in zip(ENCODER_INPUTS, (ids, positions, mask)):
             binding.bind_cpu_input(name, value)
@@ -350,17 +400,19 @@ class OnnxDenoiser:
                     binding.bind_cpu_input(name, np.ascontiguousarray(value))
                 else:
                     binding.bind_ortvalue_input(name, value)
+        if self.reads_features:
+            binding.bind_output(FEATURES, "cpu")
         if self._device == "cpu":  # numpy out: extending and caching need host arrays
             for name in ENCODER_OUTPUTS:
                 binding.bind_output(name, "cpu")
             self.encoder.run_with_iobinding(binding)
-            keys, values = binding.copy_outputs_to_cpu()
-            return keys, values
+            *features, keys, values = binding.copy_outputs_to_cpu()
+            return keys, values, features[0] if features else None
         for name in ENCODER_OUTPUTS:
             binding.bind_output(name, self._device)
         self.encoder.run_with_iobinding(binding)
-        keys, values = binding.get_outputs()
-        return keys, values
+        *features, keys, values = binding.get_outputs()
+        return keys, values, features[0].numpy() if features else None
 
     @staticmethod
     def _host(value: Any) -> np.ndarray:
@@ -375,9 +427,10 @@ class OnnxDenoiser:
     def _stored(self, store: KVStore, length: int, mask: np.ndarray) -> ContextState:
         """A new head state of `store`: its first `length` positions, under `mask`."""
         store.head += 1
+        features = store.features[:, :length] if store.features is not None else None
         return ContextState(keys=store.keys[:, :, :, :length],
                             values=store.values[:, :, :, :length], context_mask=mask,
-                            store=store, epoch=store.head)
+                            store=store, epoch=store.head, features=features)
 
     def _writable(self, state: ContextState, room: int) -> ContextState:
         """`state` (one request) as the head of a store with `room` positions free after it:
@@ -389,9 +442,11 @@ class OnnxDenoiser:
         length = state.length
         # room for the appends of a whole canvas and a call after them, in 128-position steps
         capacity = -(-(length + max(room, 0) + BUFFER_ROOM) // 128) * 128
-        store = KVStore(self._ort, self._device, self._kv_shape, capacity, self._kv_dtype)
+        width = self._feature_width if state.features is not None else 0
+        store = KVStore(self._ort, self._device, self._kv_shape, capacity, self._kv_dtype,
+                        width)
         keys, values = self._host_kv(state)
-        store.write(0, keys, values)
+        store.write(0, keys, values, state.features)
         copy = self._stored(store, length, state.context_mask)
         state.copies[:] = [copy]
         return copy
@@ -438,13 +493,17 @@ class OnnxDenoiser:
             # another call wrote there since (or none did): write the call's own copy
             base = self._writable(state, count)
             base.store.write(base.length, canvas.keys[:, :, :, :count],
-                             canvas.values[:, :, :, :count])
+                             canvas.values[:, :, :, :count],
+                             canvas.features[:, :count] if canvas.features is not None else None)
             return self._stored(base.store, state.length + count, mask)
         keys = np.concatenate([self._host(state.keys), canvas.keys[:, :, :, :count]], axis=3)
         values = np.concatenate([self._host(state.values), canvas.values[:, :, :, :count]],
                                 axis=3)
+        features = None
+        if state.features is not None and canvas.features is not None:
+            features = np.concatenate([state.features, canvas.features[:, :count]], axis=1)
         return ContextState(keys=self._device_value(keys), values=self._device_value(values),
-                            context_mask=mask)
+                            context_mask=mask, features=features)
 
     def denoise_step_batch(
         self, state: ContextState, canvas_ids: np.ndarray, canvas_positions: np.ndarray,
@@ -477,7 +536,9 @@ class OnnxDenoiser:
             alone = ContextState(
                 keys=self._device_value(own(keys[:, row : row + 1, :, :end])),
                 values=self._device_value(own(values[:, row : row + 1, :, :end])),
-                context_mask=state.context_mask[row : row + 1, :end])
+                context_mask=state.context_mask[row : row + 1, :end],
+                features=(state.features[row : row + 1, :end]
+                          if state.features is not None else None))
             got = self._run_decoder(alone, canvas_ids[row : row + 1, real],
                                     canvas_positions[row : row + 1, real], None, need_logits)
             for out, value in zip(outputs, got):
@@ -513,7 +574,9 @@ class OnnxDenoiser:
             if canvas_mask is None:
                 canvas_mask = np.ones(canvas_ids.shape, bool)
             binding.bind_cpu_input(CANVAS_MASK, np.ascontiguousarray(canvas_mask, dtype=bool))
+        features = keep_canvas and self.reads_features and state.features is not None
         names = (DECODER_OUTPUTS + ((LOGITS,) if need_logits else ())
+                 + ((FEATURES,) if features else ())
                  + ((CANVAS_KEYS, CANVAS_VALUES) if keep_canvas else ()))
         for name in names:
             binding.bind_output(name, "cpu")
@@ -528,6 +591,23 @@ class OnnxDenoiser:
         if need_logits:
             result += (outputs[3],)
         if keep_canvas:
+            own = outputs[len(DECODER_OUTPUTS) + need_logits] if features else None
+            if written is not None:  # beside the keys/values the call wrote
+                written.store.write_features(written.length, own)
             result += (CanvasKeys(keys=outputs[-2], values=outputs[-1], written=written,
-                                  call=written.store.calls if written is not None else 0),)
+                                  call=written.store.calls if written is not None else 0,
+                                  features=own),)
         return result
+
+    def visible_features(self, state: object, start: int = 0) -> np.ndarray | None:
+        """The target's features (N, F) of one request's visible context positions (the
+        text before its frontier, in order: not the padding, not a hidden anchor), from the
+        `start`-th on; None when the state has none."""
+        if not isinstance(state, ContextState) or state.features is None:
+            return None
+        if state.context_mask.shape[0] != 1:
+            return None
+        seen = np.flatnonzero(state.context_mask[0])
+        if start > seen.size:
+            return None
+        return state.features[0, seen[start:]]
