@@ -182,3 +182,28 @@ def test_the_feature_drafter_keeps_its_cache_with_the_text(exported):
         onnx_side = replay(reference, logged(onnx_propose, onnx_drafts), 4)
         assert onnx_drafts == torch_drafts and len(onnx_drafts) > 1  # every call's draft
         assert (onnx_side.calls, onnx_side.accepted) == (torch_side.calls, torch_side.accepted)
+
+
+def test_fuse_features_card_reads_the_drafters_layers(exported, tmp_path):
+    """`python -m model_export fuse DIR --features card --ship`: the drafter block's layers
+    (here ones the encoder has: it runs its last block's keys/values only), recorded in the
+    card's fused note; without --features the graphs are as before."""
+    import argparse
+
+    from model_export.fused import add_fuse_arguments, feature_layers, main_from_args
+
+    directory = tmp_path / "model"
+    shutil.copytree(exported[0], directory)
+    assert feature_layers("card", directory) == LAYERS
+    raw = json.loads((directory / "model.json").read_text())
+    raw["drafter"]["target_layers"] = [1, 0]
+    (directory / "model.json").write_text(json.dumps(raw))
+    parser = argparse.ArgumentParser()
+    add_fuse_arguments(parser)
+    main_from_args(parser.parse_args([str(directory), "--encoder", "encoder.onnx", "--decoder",
+                                      "decoder.onnx", "--features", "card", "--ship"]))
+    for name in ("encoder.fused.onnx", "decoder.fused.onnx"):
+        outputs = onnx.load(str(directory / name), load_external_data=False).graph.output
+        assert outputs[-1].name == "features"
+    assert load_card(directory).extra["export"]["fused"]["features"] == [1, 0]
+    assert feature_layers("", directory) == [] and feature_layers("2,1", directory) == [2, 1]
