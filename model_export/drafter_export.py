@@ -92,10 +92,13 @@ def _weight(b: _Builder, array: np.ndarray, name: str) -> str:
     return b.one("Cast", [stored], to=1, stem=f"{name}_f32")
 
 
-def drafter_graph(drafter, decoder, card, max_position: int | None = None):
+def drafter_graph(drafter, decoder, card, max_position: int | None = None,
+                  head_accuracy_level: int | None = None):
     """The drafter's ONNX graph (ModelProto) for `drafter` (a `Drafter`, float weights) over
     the target's fused decoder `decoder` (a ModelProto loaded without external data, from the
-    same model directory): its shared tensors keep their external-data entries."""
+    same model directory): its shared tensors keep their external-data entries.
+    `head_accuracy_level`: the head's MatMulNBits accuracy level (None: the decoder's, int8
+    activations in the shipped one; 0, float32, lets a test compare with torch exactly)."""
     from onnx import TensorProto, helper
 
     from .model import Rotary
@@ -196,6 +199,8 @@ def drafter_graph(drafter, decoder, card, max_position: int | None = None):
     # the target's final norm and tied 8-bit head, as its decoder runs them
     final = norm(guessed, b.copy(source.norm_weight), source.eps)
     attrs = {a.name: helper.get_attribute_value(a) for a in source.head.attribute}
+    if head_accuracy_level is not None:
+        attrs["accuracy_level"] = head_accuracy_level
     logits = b.one("MatMulNBits", [final, *(b.copy(n) for n in source.head.input[1:4])],
                    domain=MS, **attrs)
     if source.banned is not None:
@@ -279,7 +284,8 @@ def drafter_block(drafter, state: dict, graph: str, point: dict | None,
 
 
 def export_drafter(checkpoint: Path, model_dir: Path, graph: str = DRAFTER_GRAPH,
-                   curve: Path | None = None, write_card: bool = True) -> dict:
+                   curve: Path | None = None, write_card: bool = True,
+                   head_accuracy_level: int | None = None) -> dict:
     """Write `graph` into `model_dir` (beside the target's fused graphs, reading their weights
     file) and, with `write_card`, the card's drafter block. Returns what it wrote."""
     import onnx
@@ -291,7 +297,7 @@ def export_drafter(checkpoint: Path, model_dir: Path, graph: str = DRAFTER_GRAPH
     drafter, state = load_drafter(checkpoint)
     if drafter.cfg.d_model != card.n_heads * card.head_dim:
         raise GraphShapeError("the drafter is not shaped for this target")
-    model = drafter_graph(drafter, decoder, card)
+    model = drafter_graph(drafter, decoder, card, head_accuracy_level=head_accuracy_level)
     path = model_dir / graph
     onnx.save(model, str(path))
     report = {"graph": graph, "bytes": path.stat().st_size, "params": drafter.num_params(),
