@@ -78,9 +78,6 @@ class _TargetTensors:
             if name not in self.inits and name not in self.producer:
                 raise GraphShapeError(f"no {name} in the decoder (a Q8_0 embedding)")
 
-    def constant_value(self, name: str):
-        return None
-
 
 def _weight(b: _Builder, array: np.ndarray, name: str) -> str:
     """A drafter weight stored as float16 in the graph, read as float32 (ONNX Runtime folds
