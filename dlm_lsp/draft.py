@@ -22,6 +22,8 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from .modelcard import DRAFTER_OUTPUTS
+
 
 # the target's features (N, F) of the text before the frontier from its `start`-th token on
 # (the runtime's `visible_features` of the request's state), None where there are none
@@ -127,11 +129,12 @@ class FeatureDrafter:
 
     def draft(self, features: np.ndarray, anchor: int, length: int) -> list[int]:
         """Up to `length` tokens after `anchor`, which sits right after the context: the cached
-        positions, then `features` (N, K·d) (or (1, N, K·d)) of the N positions after them."""
+        positions, then `features` (N, K·d) (or (1, N, K·d)) of the N positions after them,
+        which join the cache whatever `length` is (0 only keeps the cache in step)."""
         features = np.asarray(features, np.float32).reshape(1, -1, self.width)
         start = self.length
         n = features.shape[1]
-        ids, probs, keys, values = self.session.run(None, {
+        ids, probs, keys, values = self.session.run(list(DRAFTER_OUTPUTS), {
             "features": features,
             "feature_position_ids": np.arange(start, start + n, dtype=np.int64)[None],
             "past_drafter_keys": self.keys, "past_drafter_values": self.values,

@@ -320,12 +320,14 @@ def parity(model: Denoiser, specials: SpecialTokens, encoder_path: Path, decoder
         split = S
         if model.cfg.causal and S > 1:
             split = int(np.random.default_rng(seed).integers(1, S))
-        first = enc.run(None, {**encoder_feeds(ids[:, :split], pos[:, :split], mask[:, :split]),
-                               **empty_past(enc, B)})
+        first = enc.run(ENCODER_OUTPUTS, {  # by name: a fused encoder may output features
+            **encoder_feeds(ids[:, :split], pos[:, :split], mask[:, :split]),
+            **empty_past(enc, B)})
         got_k, got_v = first
         if split < S:
-            rest = enc.run(None, encoder_feeds(ids[:, split:], pos[:, split:], mask[:, split:],
-                                               *first, mask[:, :split]))
+            rest = enc.run(ENCODER_OUTPUTS, encoder_feeds(ids[:, split:], pos[:, split:],
+                                                          mask[:, split:], *first,
+                                                          mask[:, :split]))
             got_k, got_v = (np.concatenate([a, b], axis=3) for a, b in zip(first, rest))
         real = mask.bool().numpy()[None, :, None, :, None]  # padded keys are never attended
         worst["keys"] = max(worst["keys"], _diff(got_k, keys.float().numpy(), real))
@@ -388,19 +390,19 @@ def compare_timings(variants: dict, threads: int = 2, context: int = 512, canvas
     for name, (encoder_path, decoder_path, kv_dtype) in variants.items():
         enc, dec = session(encoder_path, threads), session(decoder_path, threads)
         enc_feeds = {**feeds, **empty_past(enc, 1)}
-        keys, values = enc.run(None, enc_feeds)
+        keys, values = enc.run(ENCODER_OUTPUTS, enc_feeds)
         dec_feeds = {"canvas_ids": np.ones((1, C), np.int64),
                      "canvas_position_ids": np.arange(S, S + C, dtype=np.int64)[None],
                      "keys": keys.astype(kv_dtype), "values": values.astype(kv_dtype),
                      "context_mask": np.ones((1, S), np.int64), **canvas_mask(dec, 1, C)}
         for _ in range(2):
-            enc.run(None, enc_feeds)
+            enc.run(ENCODER_OUTPUTS, enc_feeds)
             dec.run(outputs, dec_feeds)
         runs[name] = (enc, enc_feeds, dec, dec_feeds, [], [])
     for _ in range(repeats):
         for enc, enc_feeds, dec, dec_feeds, encoder_ms, decoder_ms in runs.values():
             start = time.perf_counter()
-            enc.run(None, enc_feeds)
+            enc.run(ENCODER_OUTPUTS, enc_feeds)
             encoder_ms.append(1000 * (time.perf_counter() - start))
             start = time.perf_counter()
             dec.run(outputs, dec_feeds)

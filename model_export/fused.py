@@ -28,15 +28,17 @@ term of `quantize.quantize_graph` (``blocksum(x)·mᵀ``) is kept exact, its blo
 computed once per input (Q, K and V share one matrix; gate and up share their input).
 The contract (names, shapes, dtypes in dlm_lsp.modelcard) is the old graphs'; the decoder
 also outputs the canvas's own keys/values (`CANVAS_KEYS`, `CANVAS_VALUES`, (L,B,H,C,D)),
-computed only when bound, so a runtime can append committed canvas tokens to a context
-without an encoder call.
+so a runtime can append committed canvas tokens to a context without an encoder call.
 
 With `features` (a drafter's target layers, `model_export/drafter.py`), both graphs also
 output `FEATURES` (B, T, K·d): the residual stream after each of those blocks (0: the
 embedding, L: the last block, before the final norm; `Denoiser.layer_states`), concatenated
 in the order asked, for every input token. The residuals are computed anyway (the
-`SkipSimplifiedLayerNormalization` nodes' sum outputs); only their Concat is added, and it
-runs only when the output is bound.
+`SkipSimplifiedLayerNormalization` nodes' sum outputs); only their Concat is added. ONNX
+Runtime runs it on every call, fetched or not (its profiler shows the `features` Concat, and
+the canvas keys' too, in every run: it does not prune unfetched outputs), but it is one copy
+of K·d floats a token: a 512-token encode took 1014 ms without fetching it and 1047 with,
+within the noise of a loaded machine (benchmarks/feature_drafter_calls.py).
 """
 
 from __future__ import annotations

@@ -82,3 +82,36 @@ def test_format_1_cards_are_bidirectional_and_format_2_names_its_weights(tmp_pat
     assert card.to_json()["context_attention"] == "causal" and card.to_json()["format"] == 2
     with pytest.raises(ModelError, match="context_attention"):
         load_card(write(tmp_path, {**causal, "context_attention": "sideways"}))
+
+
+FEATURE_DRAFTER = {"kind": "DFlash block drafter", "graph": "drafter.onnx", "trained": True,
+                   "target_layers": [2, 0, 1], "block_size": 8, "n_layers": 1,
+                   "params": 4536576, "training_tokens": 2703056, "training_minutes": 102.5,
+                   "tau": {"tau_drafter": 1.437}, "lossless": "..."}
+
+
+def test_the_drafter_block_prompt_lookup_or_a_feature_drafter(tmp_path):
+    lookup = {**CARD, "drafter": {"kind": "prompt lookup", "trained": False,
+                                  "training_tokens": 0, "tokens_per_target_call": {}}}
+    card = load_card(write(tmp_path, lookup))
+    assert card.drafter.graph is None and not card.drafter.trained
+    assert load_card(write(tmp_path, CARD)).drafter is None
+    with pytest.raises(ModelError, match="drafter.onnx"):  # the graph it names must be there
+        load_card(write(tmp_path, {**CARD, "drafter": FEATURE_DRAFTER}))
+    (tmp_path / "drafter.onnx").write_text("x")
+    card = load_card(tmp_path)
+    assert card.drafter.target_layers == (2, 0, 1) and card.drafter.block_size == 8
+    assert card.drafter.training_minutes == 102.5 and card.drafter.tau["tau_drafter"] == 1.437
+    assert card.to_json()["drafter"] == FEATURE_DRAFTER  # the block as written
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"target_layers": [3]}, "target_layers"),  # the card's model has 2 blocks
+    ({"block_size": 1}, "block_size"),
+    ({"training_tokens": -1}, "training_tokens"),
+    ({"kind": None}, "kind"),
+])
+def test_a_bad_drafter_block_names_the_problem(tmp_path, change, message):
+    (tmp_path / "drafter.onnx").write_text("x")
+    with pytest.raises(ModelError, match=message):
+        load_card(write(tmp_path, {**CARD, "drafter": {**FEATURE_DRAFTER, **change}}))

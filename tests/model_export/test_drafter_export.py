@@ -20,7 +20,7 @@ from model_export.drafter_export import (DRAFTER_GRAPH, drafter_session, export_
 from model_export.model import block_mask
 from tests.causal_model import build_exported_model, torch_model
 
-LAYERS = [1, 0, 2]  # deepest last is not required: the order is the drafter's
+LAYERS = [1, 0]  # deepest last is not required: the order is the drafter's
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,9 @@ def exported(tmp_path_factory):
         json.dumps({"step": 0, "tau_drafter": 1.0}) + "\n" +
         json.dumps({"step": 7, "tau_drafter": 1.5, "tau_lookup": 1.25, "time": "t"}) + "\n")
     weights = (directory / "weights.bin").read_bytes()
-    report = export_drafter(checkpoint, directory)
+    # the head in float32 (the shipped one rounds its input to int8): the torch comparison
+    # is then exact up to the weights file's float16 scales, and near-ties stay rare
+    report = export_drafter(checkpoint, directory, head_accuracy_level=0)
     assert hashlib.sha256((directory / "weights.bin").read_bytes()).digest() == \
         hashlib.sha256(weights).digest()
     return directory, target, drafter, report
@@ -182,3 +184,47 @@ def test_the_feature_drafter_keeps_its_cache_with_the_text(exported):
         onnx_side = replay(reference, logged(onnx_propose, onnx_drafts), 4)
         assert onnx_drafts == torch_drafts and len(onnx_drafts) > 1  # every call's draft
         assert (onnx_side.calls, onnx_side.accepted) == (torch_side.calls, torch_side.accepted)
+
+
+def test_fuse_features_card_reads_the_drafters_layers(exported, tmp_path):
+    """`python -m model_export fuse DIR --features card --ship`: the drafter block's layers,
+    recorded in the card's fused note; the served target's own features (the fused q4
+    encoder's) through the graph draft what the torch drafter drafts on torch's."""
+    import argparse
+
+    from model_export.fused import add_fuse_arguments, feature_layers, main_from_args
+
+    directory = tmp_path / "model"
+    shutil.copytree(exported[0], directory)
+    assert feature_layers("card", directory) == LAYERS
+    parser = argparse.ArgumentParser()
+    add_fuse_arguments(parser)
+    main_from_args(parser.parse_args([str(directory), "--encoder", "encoder.onnx", "--decoder",
+                                      "decoder.onnx", "--features", "card", "--ship"]))
+    for name in ("encoder.fused.onnx", "decoder.fused.onnx"):
+        outputs = onnx.load(str(directory / name), load_external_data=False).graph.output
+        assert outputs[-1].name == "features"
+    card = load_card(directory)
+    assert card.extra["export"]["fused"]["features"] == LAYERS
+    assert feature_layers("", directory) == [] and feature_layers("2,1", directory) == [2, 1]
+    from model_export.drafter_export import feature_drafter
+
+    _, target, drafter, _ = exported
+    encoder = drafter_session(directory, card.graphs["cpu"].encoder)
+    rng = np.random.default_rng(9)
+    S = 27
+    ids = rng.integers(4, card.vocab_size, S)
+    empty = np.zeros((card.n_layers, 1, card.kv_heads, 0, card.head_dim), np.float32)
+    (served,) = encoder.run(["features"], {
+        "input_ids": ids[None], "position_ids": np.arange(S)[None],
+        "attention_mask": np.ones((1, S), np.int64), "past_keys": empty, "past_values": empty,
+        "past_mask": np.zeros((1, 0), np.int64)})
+    features = _features(target, ids.tolist())
+    assert np.abs(served - features.numpy()).max() < 1e-3
+    anchor = int(rng.integers(4, card.vocab_size))
+    with torch.no_grad():
+        logits = drafter(target, torch.tensor([[anchor]]), torch.tensor([[S]]),
+                         drafter.fuse([features]), torch.arange(S)[None])[0, 0]
+    logits[:, list(card.special_tokens.never_predicted)] = float("-inf")
+    assert feature_drafter(directory).draft(served[0], anchor, 4) == \
+        logits.argmax(-1).tolist()
