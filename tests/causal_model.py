@@ -117,3 +117,31 @@ def build_exported_model(directory: str | Path, *, context_attention: str = "cau
     _BUILT[key] = directory
     _MODELS[directory.resolve()] = model
     return directory
+
+
+def run_decoder(sess, names, feeds):
+    """`sess.run(names, feeds)` for a decoder of either kind: one taking the stacked `keys`/
+    `values`, or a buffered one (per-layer buffers bound as past and present), given the
+    same feeds."""
+    import onnxruntime as ort
+
+    if "past_key_0" not in {i.name for i in sess.get_inputs()}:
+        return sess.run(names, feeds)
+    keys, values = feeds["keys"], feeds["values"]
+    L, B, H, S, D = keys.shape
+    C = feeds["canvas_ids"].shape[1]
+    binding = sess.io_binding()
+    for name, value in feeds.items():
+        if name not in ("keys", "values"):
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+    for name in names:
+        binding.bind_output(name, "cpu")
+    for kind, stacked in (("key", keys), ("value", values)):
+        buffer = np.zeros((L, B, H, S + C + 3, D), np.float32)  # room to spare, as a store
+        buffer[:, :, :, :S] = stacked
+        for layer in range(L):
+            value = ort.OrtValue.ortvalue_from_numpy(buffer[layer])
+            binding.bind_ortvalue_input(f"past_{kind}_{layer}", value)
+            binding.bind_ortvalue_output(f"present_{kind}_{layer}", value)
+    sess.run_with_iobinding(binding)
+    return [value.numpy() for value in binding.get_outputs()[: len(names)]]

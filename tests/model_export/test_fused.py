@@ -17,7 +17,7 @@ from dlm_lsp.layout import build_layout
 from dlm_lsp.modelcard import GraphFiles, default_model_dir, load_card
 from dlm_lsp.runtime import OnnxDenoiser
 from model_export.fused import GraphShapeError, fuse_decoder, fuse_encoder
-from tests.causal_model import build_exported_model
+from tests.causal_model import build_exported_model, run_decoder
 
 OUTPUTS = ["pred_ids", "pred_prob", "canvas_prob", "logits"]
 
@@ -50,32 +50,6 @@ def close(a, b, tolerance):
     finite = np.isfinite(a)
     assert (finite == np.isfinite(b)).all()
     assert np.abs(a[finite] - b[finite]).max() < tolerance
-
-
-def run_decoder(sess, names, feeds):
-    """`sess.run(names, feeds)` for a decoder of either kind: one taking the stacked `keys`/
-    `values`, or a buffered one (per-layer buffers bound as past and present), given the
-    same feeds."""
-    if "past_key_0" not in {i.name for i in sess.get_inputs()}:
-        return sess.run(names, feeds)
-    keys, values = feeds["keys"], feeds["values"]
-    L, B, H, S, D = keys.shape
-    C = feeds["canvas_ids"].shape[1]
-    binding = sess.io_binding()
-    for name, value in feeds.items():
-        if name not in ("keys", "values"):
-            binding.bind_cpu_input(name, np.ascontiguousarray(value))
-    for name in names:
-        binding.bind_output(name, "cpu")
-    for kind, stacked in (("key", keys), ("value", values)):
-        buffer = np.zeros((L, B, H, S + C + 3, D), np.float32)  # room to spare, as a store
-        buffer[:, :, :, :S] = stacked
-        for layer in range(L):
-            value = ort.OrtValue.ortvalue_from_numpy(buffer[layer])
-            binding.bind_ortvalue_input(f"past_{kind}_{layer}", value)
-            binding.bind_ortvalue_output(f"present_{kind}_{layer}", value)
-    sess.run_with_iobinding(binding)
-    return [value.numpy() for value in binding.get_outputs()[: len(names)]]
 
 
 def compare(card, old_encoder, old_decoder, new_encoder, new_decoder, tolerance=1e-3, seed=0):

@@ -9,6 +9,7 @@ from tokenizers import Tokenizer
 from dlm_lsp.layout import build_layout
 from dlm_lsp.modelcard import default_model_dir, load_card
 from model_export.export import canvas_mask, empty_past
+from tests.causal_model import run_decoder
 
 
 def test_shipped_card_and_files():
@@ -64,8 +65,8 @@ def test_shipped_graphs_continue_real_code():
     assert keys.shape == (card.n_layers, 1, card.kv_heads, ctx.shape[1], card.head_dim)
     positions = np.array(layout.canvas_positions[0])
     inputs, input_positions = layout.decoder_inputs(np.array(truth), positions)
-    pred_ids, pred_prob = decoder.run(
-        ["pred_ids", "pred_prob"],
+    pred_ids, pred_prob = run_decoder(
+        decoder, ["pred_ids", "pred_prob"],
         {"canvas_ids": inputs[None], "canvas_position_ids": input_positions[None],
          "keys": keys, "values": values, "context_mask": np.array([layout.decoder_mask()]),
          **canvas_mask(decoder, 1, 4)})
