@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,7 +178,7 @@ class ContextState:
     store: KVStore | None = None
     epoch: int = 0
     # the store-backed copy of a state that has none, made by its first buffered call and
-    # kept for the next (a list: the state itself stays frozen)
+    # found by the next while it lives (a weak reference in a list: the state stays frozen)
     copies: list = field(default_factory=list, compare=False, repr=False)
     # (B, S, F) host: the target's features of the context positions, for a feature drafter
     # (graphs with the `features` output only)
@@ -436,8 +437,9 @@ class OnnxDenoiser:
         """`state` (one request) as the head of a store with `room` positions free after it:
         itself, the copy its last call made, or a new copy (the only copy of a context a
         buffered decoder makes: once per request, not per call)."""
-        for candidate in (state, *state.copies):
-            if candidate.writable and candidate.length + room <= candidate.store.capacity:
+        for candidate in (state, *(ref() for ref in state.copies)):
+            if (candidate is not None and candidate.writable
+                    and candidate.length + room <= candidate.store.capacity):
                 return candidate
         length = state.length
         # room for the appends of a whole canvas and a call after them, in 128-position steps
@@ -448,7 +450,8 @@ class OnnxDenoiser:
         keys, values = self._host_kv(state)
         store.write(0, keys, values, state.features)
         copy = self._stored(store, length, state.context_mask)
-        state.copies[:] = [copy]
+        # weakly: a document's cached state must not keep its last request's store alive
+        state.copies[:] = [weakref.ref(copy)]
         return copy
 
     def _device_value(self, array: np.ndarray) -> Any:
