@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 # positions a KVStore keeps free after the context it is made for: a whole canvas of
 # appended tokens (the largest bucket) and the call after them
 BUFFER_ROOM = 160
+# context tokens per encoder call when a causal context is encoded (or extended) in pieces:
+# as fast as one 512-token call, and ~33 MB less arena (measured, 1 thread)
+ENCODE_PIECE = 128
 
 
 def _import_ort() -> Any:
@@ -344,7 +347,9 @@ class OnnxDenoiser:
         return self._takes_past and self.card.causal
 
     def encode(self, layout: Layout) -> ContextState:
-        """Encode one request's whole context."""
+        """Encode one request's whole context (a causal one in pieces: `extend`)."""
+        if self.incremental and len(layout.context_ids) > ENCODE_PIECE:
+            return self._extend_from(None, 0, layout)
         return self.encode_batch([layout])
 
     def encode_batch(self, layouts: list[Layout]) -> ContextState:
@@ -359,31 +364,53 @@ class OnnxDenoiser:
         """The state of `layout`'s context (one request) from `state`, a state whose first
         `keep` tokens are `layout`'s first `keep` (same ids, same positions): only the rest
         runs through the encoder. Needs `incremental`; `state` itself is left as it was."""
-        total = len(layout.context_ids)
         if state is None or keep <= 0:
             return self.encode(layout)
         if not self.incremental:
             raise ValueError("a bidirectional context cannot be extended: encode it whole")
+        return self._extend_from(state, keep, layout)
+
+    def _extend_from(self, state: ContextState | None, keep: int, layout: Layout
+                     ) -> ContextState:
+        """`extend` (state None: from nothing), the new tokens in pieces of `ENCODE_PIECE`,
+        each on the keys/values of those before it: the same keys/values as one call (a
+        causal context), and the encoder's activations a quarter of a 512-token call's."""
+        total = len(layout.context_ids)
+        if state is None:
+            L, H, D = self._kv_shape
+            empty = np.zeros((L, 1, H, 0, D), self._kv_dtype)
+            state = ContextState(keys=empty, values=empty, context_mask=np.zeros((1, 0), np.int64),
+                                 features=(np.zeros((1, 0, self._feature_width), np.float32)
+                                           if self.reads_features else None))
         keep = min(keep, total, state.length)
         head_keys, head_values = self._host_kv(state)
-        if keep < total:
-            ids = np.asarray([layout.context_ids[keep:]], np.int64)
-            positions = np.asarray([layout.context_positions[keep:]], np.int64)
-            past_mask = np.zeros((1, state.length), np.int64)  # the old tail is not attended
-            past_mask[0, :keep] = 1
+        keys, values = [head_keys[:, :, :, :keep]], [head_values[:, :, :, :keep]]
+        features = [state.features[:, :keep]] if state.features is not None else None
+        past = (head_keys, head_values)
+        past_mask = np.zeros((1, state.length), np.int64)  # the old tail is not attended
+        past_mask[0, :keep] = 1
+        for start in range(keep, total, ENCODE_PIECE):
+            end = min(total, start + ENCODE_PIECE)
+            ids = np.asarray([layout.context_ids[start:end]], np.int64)
+            positions = np.asarray([layout.context_positions[start:end]], np.int64)
             new_keys, new_values, new_features = self._run_encoder(
-                ids, positions, np.ones_like(ids), (head_keys, head_values), past_mask)
-            keys = np.concatenate([head_keys[:, :, :, :keep], self._host(new_keys)], axis=3)
-            values = np.concatenate([head_values[:, :, :, :keep], self._host(new_values)], axis=3)
-            features = (np.concatenate([state.features[:, :keep], new_features], axis=1)
-                        if state.features is not None and new_features is not None else None)
-        else:
-            keys = np.ascontiguousarray(head_keys[:, :, :, :keep])
-            values = np.ascontiguousarray(head_values[:, :, :, :keep])
-            features = (np.ascontiguousarray(state.features[:, :keep])
-                        if state.features is not None else None)
-        return ContextState(keys=self._device_value(keys), values=self._device_value(values),
-                            context_mask=decoder_masks([layout], total), features=features)
+                ids, positions, np.ones_like(ids), past, past_mask)
+            keys.append(self._host(new_keys))
+            values.append(self._host(new_values))
+            if features is not None and new_features is not None:
+                features.append(new_features)
+            else:
+                features = None
+            if end < total:  # the next piece's past: everything so far
+                past = (np.concatenate(keys, axis=3), np.concatenate(values, axis=3))
+                past_mask = np.ones((1, end), np.int64)
+        joined_keys = np.ascontiguousarray(np.concatenate(keys, axis=3))
+        joined_values = np.ascontiguousarray(np.concatenate(values, axis=3))
+        joined = (np.ascontiguousarray(np.concatenate(features, axis=1))
+                  if features is not None else None)
+        return ContextState(keys=self._device_value(joined_keys),
+                            values=self._device_value(joined_values),
+                            context_mask=decoder_masks([layout], total), features=joined)
 
     def _run_encoder(self, ids, positions, mask, past, past_mask) -> tuple[Any, Any, Any]:
         """One encoder call; `past` (keys, values) with `past_mask` or None (an empty past).

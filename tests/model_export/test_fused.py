@@ -406,3 +406,27 @@ def test_the_fused_graphs_output_the_target_features_a_drafter_reads(ar_dir):
         fuse_encoder(old_e, card, features=[L])
     no_features = fuse_decoder(old_d, card)
     assert "features" not in [o.name for o in no_features.graph.output]
+
+
+def test_a_long_context_encoded_in_pieces_equals_one_encoder_call(ar_dir):
+    """A causal context longer than ENCODE_PIECE is encoded piece by piece, each on the keys/
+    values of those before it (whole, and extending a cached head): the keys, values and
+    features of one call over all of it."""
+    from dlm_lsp.runtime.onnx import ENCODE_PIECE
+
+    card = load_card(ar_dir)
+    runtime = OnnxDenoiser(card, "cpu", 1)
+    rng = np.random.default_rng(11)
+    tokens = list(rng.integers(4, card.vocab_size, 2 * ENCODE_PIECE + 37))
+    layout = build_layout([tokens, []], [4], card.special_tokens.file, shift=True)
+    assert len(layout.context_ids) > 2 * ENCODE_PIECE
+    whole = runtime.encode_batch([layout])  # one call
+    pieces = runtime.encode(layout)
+    head = runtime.encode(build_layout([tokens[:50], []], [4], card.special_tokens.file,
+                                       shift=True))
+    extended = runtime.extend(head, 50, layout)  # the head's last token was its anchor
+    for state in (pieces, extended):
+        assert state.length == whole.length
+        assert (state.context_mask == whole.context_mask).all()
+        close(state.keys, whole.keys, 1e-4)
+        close(state.values, whole.values, 1e-4)
