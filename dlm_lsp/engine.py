@@ -76,6 +76,7 @@ class CompletionResult:
     context_tokens: int = 0  # the context's length
     context_tokens_encoded: int = 0  # how many of them ran through the encoder
     backend: str = "local"  # what denoised: "local", "remote", or "none" (an empty answer)
+    generated: str | None = None  # the model's text at the hole before postprocessing
 
 
 @dataclass
@@ -92,6 +93,9 @@ class FillResult:
     context_tokens: int = 0  # the context's length
     context_tokens_encoded: int = 0  # how many of them ran through the encoder
     raw: list[str] = field(default_factory=list)  # decoded canvases before postprocessing
+    # per hole, the text at the hole before postprocessing (healing undone; None: the
+    # canvas did not re-spell the healed-off text)
+    generated: list[str | None] = field(default_factory=list)
     # one (start, end, new_text) per hole in the caller's text, document order; a hole the
     # model left nothing usable for keeps its text (a gap stays empty, a re-write unchanged)
     edits: list[tuple[int, int, str]] = field(default_factory=list)
@@ -242,7 +246,8 @@ class Engine:
         if key is not None and completion is not None:
             self.cache.remember(key, text, offset, completion)
         return CompletionResult(
-            completion, plan=plan, steps=fill.steps, tokens=fill.tokens,
+            completion, plan=fill.plan or plan, steps=fill.steps, tokens=fill.tokens,
+            generated=fill.generated[0] if fill.generated else None,
             drafted=fill.drafted, accepted=fill.accepted,
             elapsed_s=time.perf_counter() - started, backend=fill.backend,
             context_tokens=fill.context_tokens,
@@ -476,7 +481,7 @@ class Engine:
             completions[0] = reranked
         return FillResult(
             completions, plan=plan, steps=result.steps + extra_steps,
-            tokens=sum(len(c) for c in result.canvases), raw=raw,
+            tokens=sum(len(c) for c in result.canvases), raw=raw, generated=at_holes,
             drafted=result.drafted, accepted=result.accepted,
             context_tokens=denoiser.context_tokens,
             context_tokens_encoded=denoiser.encoded_tokens,
