@@ -470,6 +470,13 @@ class Engine:
                     reranked, extra_steps = self._suffix_rerank(
                         plan, text, syntax, layout, denoiser, state, heals, result.canvases[0],
                         rerank, settings, cancelled, closed, drafter)
+                if reranking and reranked is None and settings.empty_rerank > rerank:
+                    # nothing to show: more candidates, each starting with another first
+                    # token (an answer that is not the suffix again, or one that parses)
+                    reranked, more = self._suffix_rerank(
+                        plan, text, syntax, layout, denoiser, state, heals, result.canvases[0],
+                        settings.empty_rerank, settings, cancelled, closed, drafter)
+                    extra_steps += more
         raw = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in result.canvases]
         at_holes = [unheal(generated, heal) for generated, heal in zip(raw, heals)]
         completions = [
