@@ -6,7 +6,8 @@ line endings are ``\\n``; the document's own line ending is restored at the end.
 
 1. `normalize_newlines`        — \\r\\n and \\r become \\n.
 2. `drop_leading_blank_lines`  — a run of blank lines at the start ("newline mess").
-3. `keep_first_line`           — single-line holes stop at the first newline.
+3. `keep_first_line`           — single-line holes stop at the first newline; one-statement
+                                 holes after the first line and the block it opens.
 4. `cut_at_block_exit`         — the first line that leaves the block (indent below the body,
                                  or a closer of a bracket opened before the hole) ends it; on a
                                  blank line a first line dedented to an enclosing block's level
@@ -135,10 +136,27 @@ def drop_leading_blank_lines(draft: Draft, ctx: Context) -> Draft | None:
 
 
 def keep_first_line(draft: Draft, ctx: Context) -> Draft | None:
-    """Single-line holes end at the first newline."""
-    if not ctx.hole.stop.single_line:
+    """Single-line holes end at the first newline. A one-statement hole keeps its first line
+    and, when that line opens a block or a bracket (``for x in xs:``, ``f(``), the lines
+    indented deeper than it that follow (the body, the arguments), up to one at its level."""
+    stop = ctx.hole.stop
+    if stop.single_line:
+        return _with_text(draft, draft.text.split("\n", 1)[0])
+    if not stop.one_statement:
         return draft
-    return _with_text(draft, draft.text.split("\n", 1)[0])
+    lines = split_lines(draft.text)
+    first = lines[0]
+    opened = first.rstrip().endswith((":", "{")) or any(
+        depth > 0 for _, _, depth in list(_bracket_walk(first, _quote_state(ctx.before)))[-1:])
+    if not opened:
+        return _with_text(draft, first)
+    level = indent_of(first) + (len(ctx.before) if ctx.blank_before else 0)
+    keep = 1
+    while keep < len(lines) and (not lines[keep].strip() or indent_of(lines[keep]) > level):
+        keep += 1
+    if keep < len(lines) and indent_of(lines[keep]) == level and lines[keep].strip()[0] in ")]}":
+        keep += 1  # the line that closes the bracket at the first line's level
+    return _with_text(draft, "\n".join(lines[:keep]))
 
 
 def cut_at_block_exit(draft: Draft, ctx: Context) -> Draft | None:

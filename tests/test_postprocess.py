@@ -53,7 +53,15 @@ GOLDEN = [
      "let a = 1;\r\n  return a;", 0),
     ("newlines", "go", "func f() {\n\t█\n}\n", "a := 1\r\tb := 2", "a := 1\n\tb := 2", 0),
     ("newlines", "python", "x = 1\r█", "\ny = 2", "y = 2", 0),
-    # (b) single line
+    # (b) single line; one statement (a blank line before code at its level): the first line
+    # and the block or bracket it opens
+    ("single_line", "python", "def f(x):\n    y = g(x)\n    █\n    return y\n",
+     "z = h(y)\n    y = z\n", "z = h(y)", 0),
+    ("single_line", "python", "def f(xs):\n    total = 0\n█\n    return total\n",
+     "    for x in xs:\n        total += x\n    print(total)\n",
+     "    for x in xs:\n        total += x", 0),
+    ("single_line", "python", "def f(x):\n    y = 1\n    █\n    return y\n",
+     "y = g(\n        x,\n    )\n    y += 1", "y = g(\n        x,\n    )", 0),
     ("single_line", "python", "x = █\n", "compute(1)\nprint(x)", "compute(1)", 0),
     ("single_line", "javascript", "foo(█);\n", "a, b);\nbar();", "a, b);", 2),
     ("single_line", "rust", "let n = █\n", "\n42;", None, 0),
