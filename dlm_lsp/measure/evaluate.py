@@ -199,14 +199,24 @@ class Outcome:
 
 
 PATHS = ("fill", "complete")
-ABLATIONS = ("dedent", "overlap", "repeat")
+ABLATIONS = ("dedent", "overlap", "repeat", "statement", "rest-of-line", "token-cuts")
 
 
 def ablate(rules: Sequence[str]) -> None:
     """Turn completion rules off in this process (a measurement, not a setting):
     "dedent" (a blank line's first line may not dedent), "overlap" (no cut where the
-    completion reaches the suffix), "repeat" (no cut of a runaway line pattern)."""
+    completion reaches the suffix), "repeat" (no cut of a runaway line pattern),
+    "statement" (a blank line before code at its level gets a block, not one statement),
+    "rest-of-line" (a mid-line hole is not cut where it writes the rest of its line),
+    "token-cuts" (a line that adds syntax errors is dropped whole, never cut inside)."""
     from .. import plan, postprocess
+
+    if "statement" in rules:
+        plan.ONE_STATEMENT_RULE = "never"
+    if "rest-of-line" in rules:
+        postprocess._meets_rest_of_line = lambda *args, **kwargs: None
+    if "token-cuts" in rules:
+        postprocess._token_cuts = lambda line: []
 
     gone = set()
     if "overlap" in rules:
