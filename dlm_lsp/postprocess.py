@@ -14,13 +14,15 @@ line endings are ``\\n``; the document's own line ending is restored at the end.
                                  sets the level; a closing line the suffix also has is cut.
 5. `cap_lines`                 — at most `max_lines` lines.
 6. `cut_at_suffix_overlap`     — where the completion starts writing the text after the hole
-                                 (whitespace aside) it is over: cut there.
+                                 (whitespace aside; in the middle of a line, the rest of that
+                                 line) it is over: cut there.
 7. `cut_runaway_repetition`    — a line pattern repeated past `REPEAT_CAP` copies that the
                                  prefix does not have itself (a degenerate loop) ends there.
 8. `drop_suffix_repeat`        — a tail that repeats the text after the hole.
 9. `strip_trailing_whitespace` — on every line; blank lines at the end.
 10. `replace_closers`          — never duplicate auto-inserted closers; balance brackets.
-11. `drop_syntax_errors`       — trailing lines that add tree-sitter errors.
+11. `drop_syntax_errors`       — the longest cut (line ends, then the first line's token
+                                 boundaries) that adds no tree-sitter error in place.
 
 Filters 1–7 decide where the scope ends; `scope_closed` runs them on a partly decoded text
 (`Context.final` false: the last, unfinished line is not judged by content) so that decoding
