@@ -527,11 +527,24 @@ class Engine:
         candidates = [greedy]
         if k > 1:
             free = rerank_mod.first_free_position(greedy, self.healer.text_of, forced)
-            head = list(greedy[:free])
-            ids = np.asarray([anchor, *head], np.int64)
-            positions = np.arange(first - 1, first + len(head), dtype=np.int64)
-            logits = logits_of(ids, positions)[-1]
-            taken = greedy[free] if free < len(greedy) else -1
+            if rerank_mod.BRANCH == "uncertain" and free < len(greedy):
+                # the greedy first line's tokens in one call: branch where it was least sure
+                stop = free
+                while stop < len(greedy) and "\n" not in self.healer.text_of(greedy[stop]):
+                    stop += 1
+                line = list(greedy[: max(stop, free + 1)])
+                ids = np.asarray([anchor, *line[:-1]], np.int64)
+                positions = np.arange(first - 1, first - 1 + len(line), dtype=np.int64)
+                rows = logits_of(ids, positions)
+                at = rerank_mod.uncertain_position(rows, line, free)
+                logits = rows[at]
+            else:
+                at = free
+                ids = np.asarray([anchor, *greedy[:at]], np.int64)
+                positions = np.arange(first - 1, first + at, dtype=np.int64)
+                logits = logits_of(ids, positions)[-1]
+            head = list(greedy[:at])
+            taken = greedy[at] if at < len(greedy) else -1
             options = [t for t in rerank_mod.alternatives(logits, taken, None, k + 8)
                        if self.healer.text_of(t)][: k - 1]
             # an alternative runs at most a little longer than the greedy one did
