@@ -475,7 +475,8 @@ class Engine:
                     # token (an answer that is not the suffix again, or one that parses)
                     reranked, more = self._suffix_rerank(
                         plan, text, syntax, layout, denoiser, state, heals, result.canvases[0],
-                        settings.empty_rerank, settings, cancelled, closed, drafter)
+                        settings.empty_rerank, settings, cancelled, closed, drafter,
+                        branch="first")
                     extra_steps += more
         raw = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in result.canvases]
         at_holes = [unheal(generated, heal) for generated, heal in zip(raw, heals)]
@@ -505,9 +506,10 @@ class Engine:
 
     def _suffix_rerank(self, plan: InfillPlan, text: str, syntax: Syntax | None, layout,
                        denoiser, state, heals: list[Heal | None], greedy: list[int], k: int,
-                       settings: Settings, cancelled: Check, closed, drafter=None
-                       ) -> tuple[Completion | None, int]:
-        """The best of `k` candidates (greedy + alternatives at its first free position,
+                       settings: Settings, cancelled: Check, closed, drafter=None,
+                       branch: str | None = None) -> tuple[Completion | None, int]:
+        """The best of `k` candidates (greedy + alternatives where `branch` says, by default
+        `rerank.BRANCH`: at its first free position, or where its first line was least sure;
         continued greedily) at each of their cuts, by prefix + suffix log-likelihood; and the
         denoiser calls it took."""
         heal = heals[0]
@@ -527,7 +529,7 @@ class Engine:
         candidates = [greedy]
         if k > 1:
             free = rerank_mod.first_free_position(greedy, self.healer.text_of, forced)
-            if rerank_mod.BRANCH == "uncertain" and free < len(greedy):
+            if (branch or rerank_mod.BRANCH) == "uncertain" and free < len(greedy):
                 # the greedy first line's tokens in one call: branch where it was least sure
                 stop = free
                 while stop < len(greedy) and "\n" not in self.healer.text_of(greedy[stop]):
