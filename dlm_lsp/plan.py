@@ -76,6 +76,9 @@ class PlanSettings:
     block_canvas: int = 64
     rewrite_headroom: float = 1.5  # a re-written selection may grow by this factor
     scan_lines: int = 200  # how far back the bracket scan may start
+    # a blank line before code at its level gets one statement (`one_statement_before`);
+    # off: a block, as after any blank line
+    one_statement: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -310,8 +313,8 @@ def _blank_line(text, start, before, language_id, tree, settings) -> _Shape:
         level for level in enclosing_levels(text, start, body_indent, settings.scan_lines)
         if level >= len(before))
     # (a body's first lines, right after its opener, often set up several statements)
-    one = not above_opens and one_statement_before(_next_nonblank(text, line_end(text, start)),
-                                                   body_indent)
+    one = settings.one_statement and not above_opens and one_statement_before(
+        _next_nonblank(text, line_end(text, start)), body_indent)
     rules = replace(_block_rules(body_indent, "", settings), first_line_free=False,
                     dedent_to=levels, one_statement=one)
     return _Shape("block", settings.statement_canvas if one else target, rules)

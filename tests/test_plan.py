@@ -391,3 +391,6 @@ def test_a_blank_line_before_code_at_its_level_wants_one_statement():
     assert not one("def f(x):\n    y = g(x)\n    █\n    # done\n    return y\n")  # a comment
     assert not one("function f() {\n  a();\n  █\n}\n", "javascript")  # the closer
     assert not one("def f(x):\n    y = g(x)\n    █\n")  # nothing below
+    _, _, plan = plan_at("python", "def f(x):\n    y = g(x)\n    █\n    return y\n",
+                         PlanSettings(one_statement=False))
+    assert not plan.holes[0].stop.one_statement  # off (dlm/fill): a block
