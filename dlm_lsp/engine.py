@@ -76,6 +76,7 @@ class CompletionResult:
     context_tokens: int = 0  # the context's length
     context_tokens_encoded: int = 0  # how many of them ran through the encoder
     backend: str = "local"  # what denoised: "local", "remote", or "none" (an empty answer)
+    generated: str | None = None  # the model's text at the hole before postprocessing
 
 
 @dataclass
@@ -92,6 +93,9 @@ class FillResult:
     context_tokens: int = 0  # the context's length
     context_tokens_encoded: int = 0  # how many of them ran through the encoder
     raw: list[str] = field(default_factory=list)  # decoded canvases before postprocessing
+    # per hole, the text at the hole before postprocessing (healing undone; None: the
+    # canvas did not re-spell the healed-off text)
+    generated: list[str | None] = field(default_factory=list)
     # one (start, end, new_text) per hole in the caller's text, document order; a hole the
     # model left nothing usable for keeps its text (a gap stays empty, a re-write unchanged)
     edits: list[tuple[int, int, str]] = field(default_factory=list)
@@ -170,6 +174,10 @@ class Engine:
             prefix_step=prefix // 8 if card.causal else 0,
             suffix_tokens=suffix,
             max_block_lines=s.max_block_lines,
+            # measured on the held-out set (benchmarks/README.md, issue 30): inline, one
+            # statement at a blank line before code saves calls at the same exact match; a
+            # dlm/fill, which the user waits for, keeps the block (one more multi-line match)
+            one_statement=not fill,
             max_context=self.card.max_context,
             max_position=self.card.max_position,
         )
@@ -242,7 +250,8 @@ class Engine:
         if key is not None and completion is not None:
             self.cache.remember(key, text, offset, completion)
         return CompletionResult(
-            completion, plan=plan, steps=fill.steps, tokens=fill.tokens,
+            completion, plan=fill.plan or plan, steps=fill.steps, tokens=fill.tokens,
+            generated=fill.generated[0] if fill.generated else None,
             drafted=fill.drafted, accepted=fill.accepted,
             elapsed_s=time.perf_counter() - started, backend=fill.backend,
             context_tokens=fill.context_tokens,
@@ -481,6 +490,14 @@ class Engine:
                     reranked, extra_steps = self._suffix_rerank(
                         plan, text, syntax, layout, denoiser, state, heals, result.canvases[0],
                         rerank, settings, cancelled, closed, drafter)
+                if reranking and reranked is None and settings.empty_rerank > rerank:
+                    # nothing to show: more candidates, each starting with another first
+                    # token (an answer that is not the suffix again, or one that parses)
+                    reranked, more = self._suffix_rerank(
+                        plan, text, syntax, layout, denoiser, state, heals, result.canvases[0],
+                        settings.empty_rerank, settings, cancelled, closed, drafter,
+                        branch="first")
+                    extra_steps += more
         raw = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in result.canvases]
         at_holes = [unheal(generated, heal) for generated, heal in zip(raw, heals)]
         completions = [
@@ -492,7 +509,7 @@ class Engine:
             completions[0] = reranked
         return FillResult(
             completions, plan=plan, steps=result.steps + extra_steps,
-            tokens=sum(len(c) for c in result.canvases), raw=raw,
+            tokens=sum(len(c) for c in result.canvases), raw=raw, generated=at_holes,
             drafted=result.drafted, accepted=result.accepted,
             context_tokens=denoiser.context_tokens,
             context_tokens_encoded=denoiser.encoded_tokens,
@@ -509,9 +526,10 @@ class Engine:
 
     def _suffix_rerank(self, plan: InfillPlan, text: str, syntax: Syntax | None, layout,
                        denoiser, state, heals: list[Heal | None], greedy: list[int], k: int,
-                       settings: Settings, cancelled: Check, closed, drafter=None
-                       ) -> tuple[Completion | None, int]:
-        """The best of `k` candidates (greedy + alternatives at its first free position,
+                       settings: Settings, cancelled: Check, closed, drafter=None,
+                       branch: str | None = None) -> tuple[Completion | None, int]:
+        """The best of `k` candidates (greedy + alternatives where `branch` says, by default
+        `rerank.BRANCH`: at its first free position, or where its first line was least sure;
         continued greedily) at each of their cuts, by prefix + suffix log-likelihood; and the
         denoiser calls it took."""
         heal = heals[0]
@@ -531,11 +549,24 @@ class Engine:
         candidates = [greedy]
         if k > 1:
             free = rerank_mod.first_free_position(greedy, self.healer.text_of, forced)
-            head = list(greedy[:free])
-            ids = np.asarray([anchor, *head], np.int64)
-            positions = np.arange(first - 1, first + len(head), dtype=np.int64)
-            logits = logits_of(ids, positions)[-1]
-            taken = greedy[free] if free < len(greedy) else -1
+            if (branch or rerank_mod.BRANCH) == "uncertain" and free < len(greedy):
+                # the greedy first line's tokens in one call: branch where it was least sure
+                stop = free
+                while stop < len(greedy) and "\n" not in self.healer.text_of(greedy[stop]):
+                    stop += 1
+                line = list(greedy[: max(stop, free + 1)])
+                ids = np.asarray([anchor, *line[:-1]], np.int64)
+                positions = np.arange(first - 1, first - 1 + len(line), dtype=np.int64)
+                rows = logits_of(ids, positions)
+                at = rerank_mod.uncertain_position(rows, line, free)
+                logits = rows[at]
+            else:
+                at = free
+                ids = np.asarray([anchor, *greedy[:at]], np.int64)
+                positions = np.arange(first - 1, first + at, dtype=np.int64)
+                logits = logits_of(ids, positions)[-1]
+            head = list(greedy[:at])
+            taken = greedy[at] if at < len(greedy) else -1
             options = [t for t in rerank_mod.alternatives(logits, taken, None, k + 8)
                        if self.healer.text_of(t)][: k - 1]
             # an alternative runs at most a little longer than the greedy one did

@@ -6,20 +6,23 @@ line endings are ``\\n``; the document's own line ending is restored at the end.
 
 1. `normalize_newlines`        — \\r\\n and \\r become \\n.
 2. `drop_leading_blank_lines`  — a run of blank lines at the start ("newline mess").
-3. `keep_first_line`           — single-line holes stop at the first newline.
+3. `keep_first_line`           — single-line holes stop at the first newline; one-statement
+                                 holes after the first line and the block it opens.
 4. `cut_at_block_exit`         — the first line that leaves the block (indent below the body,
                                  or a closer of a bracket opened before the hole) ends it; on a
                                  blank line a first line dedented to an enclosing block's level
                                  sets the level; a closing line the suffix also has is cut.
 5. `cap_lines`                 — at most `max_lines` lines.
 6. `cut_at_suffix_overlap`     — where the completion starts writing the text after the hole
-                                 (whitespace aside) it is over: cut there.
+                                 (whitespace aside; in the middle of a line, the rest of that
+                                 line) it is over: cut there.
 7. `cut_runaway_repetition`    — a line pattern repeated past `REPEAT_CAP` copies that the
                                  prefix does not have itself (a degenerate loop) ends there.
 8. `drop_suffix_repeat`        — a tail that repeats the text after the hole.
 9. `strip_trailing_whitespace` — on every line; blank lines at the end.
 10. `replace_closers`          — never duplicate auto-inserted closers; balance brackets.
-11. `drop_syntax_errors`       — trailing lines that add tree-sitter errors.
+11. `drop_syntax_errors`       — the longest cut (line ends, then the first line's token
+                                 boundaries) that adds no tree-sitter error in place.
 
 Filters 1–7 decide where the scope ends; `scope_closed` runs them on a partly decoded text
 (`Context.final` false: the last, unfinished line is not judged by content) so that decoding
@@ -135,10 +138,27 @@ def drop_leading_blank_lines(draft: Draft, ctx: Context) -> Draft | None:
 
 
 def keep_first_line(draft: Draft, ctx: Context) -> Draft | None:
-    """Single-line holes end at the first newline."""
-    if not ctx.hole.stop.single_line:
+    """Single-line holes end at the first newline. A one-statement hole keeps its first line
+    and, when that line opens a block or a bracket (``for x in xs:``, ``f(``), the lines
+    indented deeper than it that follow (the body, the arguments), up to one at its level."""
+    stop = ctx.hole.stop
+    if stop.single_line:
+        return _with_text(draft, draft.text.split("\n", 1)[0])
+    if not stop.one_statement:
         return draft
-    return _with_text(draft, draft.text.split("\n", 1)[0])
+    lines = split_lines(draft.text)
+    first = lines[0]
+    opened = first.rstrip().endswith((":", "{")) or any(
+        depth > 0 for _, _, depth in list(_bracket_walk(first, _quote_state(ctx.before)))[-1:])
+    if not opened:
+        return _with_text(draft, first)
+    level = indent_of(first) + (len(ctx.before) if ctx.blank_before else 0)
+    keep = 1
+    while keep < len(lines) and (not lines[keep].strip() or indent_of(lines[keep]) > level):
+        keep += 1
+    if keep < len(lines) and indent_of(lines[keep]) == level and lines[keep].strip()[0] in ")]}":
+        keep += 1  # the line that closes the bracket at the first line's level
+    return _with_text(draft, "\n".join(lines[:keep]))
 
 
 def cut_at_block_exit(draft: Draft, ctx: Context) -> Draft | None:
@@ -178,8 +198,6 @@ def cut_at_suffix_overlap(draft: Draft, ctx: Context) -> Draft | None:
     """
     suffix = ctx.suffix
     target = "".join(suffix.split())[:OVERLAP_CHARS]
-    if len(target) < OVERLAP_TAIL:
-        return draft  # too little text after the hole to tell a repeat from a coincidence
     text = draft.text
     chars = [(c, i) for i, c in enumerate(text) if not c.isspace()]
     norm = "".join(c for c, _ in chars)
@@ -187,16 +205,19 @@ def cut_at_suffix_overlap(draft: Draft, ctx: Context) -> Draft | None:
     finished = len(text) if ctx.final else text.rfind("\n")
     at = norm.find(target)
     cut = None
-    if at >= 0 and chars[at + len(target) - 1][1] < finished:
+    if len(target) < OVERLAP_TAIL:
+        pass  # too little text after the hole to tell a repeat from a coincidence
+    elif at >= 0 and chars[at + len(target) - 1][1] < finished:
         cut = chars[at][1]
     elif ctx.final:  # the canvas ended mid-repeat: the completion's tail starts the suffix
         for k in range(max(0, len(norm) - len(target) + 1), len(norm) - OVERLAP_TAIL + 1):
             if target.startswith(norm[k:]):
                 cut = chars[k][1]
                 break
-    line_cut = _repeats_next_line(text, ctx, finished)
-    if line_cut is not None and (cut is None or line_cut < cut):
-        cut = line_cut
+    for line_cut in (_repeats_next_line(text, ctx, finished),
+                     _meets_rest_of_line(text, ctx, finished)):
+        if line_cut is not None and (cut is None or line_cut < cut):
+            cut = line_cut
     if cut is None:
         return draft
     kept = text[:cut]
@@ -298,24 +319,57 @@ def replace_closers(draft: Draft, ctx: Context) -> Draft | None:
 
 
 def drop_syntax_errors(draft: Draft, ctx: Context) -> Draft | None:
-    """Drop trailing lines while the completion adds tree-sitter errors to the window."""
+    """Keep the longest cut of the completion that adds no tree-sitter error in place.
+
+    Whole lines first (longest first): a block that ran on into a broken line keeps the lines
+    before it. When no line end parses — a single line, or a first line the canvas cut off
+    mid-statement, or a mid-line hole whose text does not join the rest of its line — the
+    first line is cut at its token boundaries, longest first (`_token_cuts`), so that
+    ``x = foo(`` keeps ``x = foo`` and ``uired")`` before ``ires path")`` keeps ``uired``.
+    Nothing that adds an error is ever returned."""
     if ctx.syntax is None:
         return draft
-    baseline = _errors_with(ctx, None)
-    candidate: Draft | None = draft
+    # two views of "in place": the plan's window (for a prefix-only model it ends at the
+    # cursor's line, a broken tail when that line continues a string or bracket), and that
+    # window with the next lines (a broken tail when the suffix starts inside a construct
+    # only the hole could open: a random span's docstring); no added error in one of them
+    reaches = (False, True)
+    baseline = [_errors_with(ctx, None, longer) for longer in reaches]
+
+    def fits(candidate: Draft | None) -> bool:
+        return candidate is not None and any(
+            _errors_with(ctx, candidate, longer) <= base
+            for longer, base in zip(reaches, baseline))
+
     lines = split_lines(draft.text)
     for keep in range(len(lines), 0, -1):
-        if keep < len(lines):
-            trimmed = Draft("\n".join(lines[:keep]).rstrip(), ctx.hole.end)
-            candidate = _with_text(trimmed, trimmed.text)
-            if candidate is None:
-                continue
-            candidate = replace_closers(candidate, ctx)
-            if candidate is None:
-                continue
-        if _errors_with(ctx, candidate) <= baseline:
+        candidate = draft if keep == len(lines) else _trimmed(draft, "\n".join(lines[:keep]), ctx)
+        if fits(candidate):
+            return candidate
+    for cut in _token_cuts(lines[0]):
+        candidate = _trimmed(draft, cut, ctx)
+        if fits(candidate):
             return candidate
     return None
+
+
+def _trimmed(draft: Draft, text: str, ctx: Context) -> Draft | None:
+    """`text` (a head of the draft) as a draft, closers handled again (None: no text)."""
+    if not ctx.after.strip():
+        text = text.rstrip()  # spaces before document text on the line are the draft's own
+    candidate = _with_text(Draft(text, ctx.hole.end), text)
+    return replace_closers(candidate, ctx) if candidate is not None else None
+
+
+_TOKEN = re.compile(r"\w+|\s+|[^\w\s]")
+
+
+def _token_cuts(line: str) -> list[str]:
+    """The heads of `line` that end at a token boundary (after a word or a punctuation
+    character, never after spaces), longest first, the whole line excluded."""
+    ends = [m.end() for m in _TOKEN.finditer(line)][:-1]
+    return [line[:end] for end in reversed(ends)
+            if line[:end].strip() and not line[end - 1].isspace()]
 
 
 FILTERS: tuple[Filter, ...] = (
@@ -375,15 +429,27 @@ def finish(
     plan: InfillPlan, index: int, generated: str, *, text: str, syntax: Syntax | None
 ) -> Completion | None:
     """Trim the decoded text of hole `index` to the plan's scope (None: nothing to show)."""
+    return trace(plan, index, generated, text=text, syntax=syntax)[0]
+
+
+def trace(
+    plan: InfillPlan, index: int, generated: str, *, text: str, syntax: Syntax | None
+) -> tuple[Completion | None, list[tuple[str, str | None]]]:
+    """`finish`, and what each filter it ran left: (filter name, text or None) in order. The
+    last entry of an empty answer names the filter that emptied it (a measurement's why)."""
     ctx = Context.of(plan, index, text, syntax)
     draft: Draft | None = Draft(generated, ctx.hole.end)
+    steps: list[tuple[str, str | None]] = []
     for step in FILTERS:
         if draft is None or not draft.text.strip():
-            return None
+            return None, steps
         draft = step(draft, ctx)
+        steps.append((step.__name__, None if draft is None else draft.text))
     if draft is None or not draft.text.strip():
-        return None
-    return Completion(draft.text.replace("\n", document_eol(text)), ctx.hole.start, draft.end)
+        return None, steps
+    completion = Completion(draft.text.replace("\n", document_eol(text)), ctx.hole.start,
+                            draft.end)
+    return completion, steps
 
 
 def document_eol(text: str) -> str:
@@ -431,6 +497,36 @@ def _repeats_next_line(text: str, ctx: Context, finished: int) -> int | None:
         rest = ["".join(line.split()) for line in lines[i + 1 :] if line.strip()]
         if len(following) > 1 and rest[:1] == following[1:2]:
             return starts[i]
+    return None
+
+
+# _meets_rest_of_line: the completion writing this many characters of the rest of the line
+# (fewer when the rest is shorter) has reached it
+REST_OF_LINE_CHARS = 6
+REST_OF_LINE_TAIL = 3  # at the end of a finished first line, a shorter start of it counts
+
+
+def _meets_rest_of_line(text: str, ctx: Context, finished: int) -> int | None:
+    """For a hole in the middle of a line (real code after it), where the completion's first
+    line starts writing that code: the first position from which it continues with the rest
+    of the line's first `REST_OF_LINE_CHARS` characters, or (the line finished) ends with at
+    least `REST_OF_LINE_TAIL` of them. ``foo(a, b) + 1`` before ``, b)`` is ``foo(a``;
+    ``uired")`` before ``ired")`` is ``u``. None: it never does (or the hole ends its line)."""
+    rest = ctx.after.lstrip()
+    if not rest.strip() or ctx.hole.stop.closers:
+        return None
+    line = text.split("\n", 1)[0]
+    ended = ctx.final or "\n" in text[: max(0, finished) + 1]
+    head = rest[:REST_OF_LINE_CHARS]
+    for p in range(len(line)):
+        if line[p].isspace() or (p and not line[:p].strip()):
+            continue
+        tail = line[p:].rstrip()
+        if tail.startswith(head):
+            return p  # at 0: the model writes what is already there, nothing to add
+        if (p and ended and len(tail) >= min(REST_OF_LINE_TAIL, len(rest))
+                and rest.startswith(tail)):
+            return p
     return None
 
 
@@ -550,11 +646,14 @@ def _drop_provided_closers(draft: Draft, ctx: Context) -> Draft | None:
     return _with_text(draft, trimmed.rstrip())
 
 
-def _errors_with(ctx: Context, draft: Draft | None) -> int:
-    """ERROR and MISSING nodes in the plan's window, with `draft` in place of the hole (or
-    the document as it is when `draft` is None)."""
+def _errors_with(ctx: Context, draft: Draft | None, longer: bool = False) -> int:
+    """ERROR and MISSING nodes in the plan's window (`longer`: and the
+    `SYNTAX_SUFFIX_LINES` lines after it), with `draft` in place of the hole (or the document
+    as it is when `draft` is None)."""
     doc, plan = ctx.document, ctx.plan
     start, end = plan.window_start, max(plan.window_end, ctx.hole.end)
+    if longer:
+        end = _syntax_window_end(doc, end)
     if draft is None:
         window = doc[start:end]
     else:
@@ -563,6 +662,20 @@ def _errors_with(ctx: Context, draft: Draft | None) -> int:
     window = _LONE_CR.sub("\n", window)  # tree-sitter grammars do not end lines at a lone \r
     tree = ctx.syntax.parser().parse(window.encode("utf-8", "surrogatepass"))
     return _count_errors(tree.root_node)
+
+
+SYNTAX_SUFFIX_LINES = 20  # lines after the plan's window that the syntax check reads
+
+
+def _syntax_window_end(document: str, end: int) -> int:
+    """The end of the `SYNTAX_SUFFIX_LINES` lines after `end`'s line (at most 2000
+    characters, cut at a line end)."""
+    pos = line_end(document, end)
+    for _ in range(SYNTAX_SUFFIX_LINES):
+        if pos >= len(document) or pos - end > 2000:
+            break
+        pos = line_end(document, pos + 1)
+    return pos
 
 
 def _count_errors(root) -> int:

@@ -28,6 +28,10 @@ SUFFIX_TOKENS = 16  # M: suffix tokens scored after each candidate
 MAX_CUTS = 4  # line ends tried per candidate (the full candidate always is one)
 MAX_LINES = MAX_CUTS + 1  # a reranked block has at most this many lines (decoding stops there)
 ALTERNATIVE_SLACK = 16  # an alternative may run this many tokens past the greedy one's length
+# where the alternatives branch off the greedy candidate: "first" (its first free position) or
+# "uncertain" (the position of its first line where the model was least sure: the smallest
+# margin between the greedy token and the best other), measured in benchmarks/README.md
+BRANCH = "first"
 _OPEN_ENDS = (":", "{", "(", "[")  # a cut after a line ending so leaves its block open
 
 
@@ -128,6 +132,22 @@ def first_free_position(ids: Sequence[int], text_of: Callable[[int], str], force
             return position
         written += text_of(token)
     return len(ids)
+
+
+def uncertain_position(logits: np.ndarray, taken: Sequence[int], start: int) -> int:
+    """Among rows `start`.. of (T, V) `logits` (row i: the prediction of `taken[i]`), the one
+    whose taken token led the best other by the smallest log-probability margin."""
+    scores = np.asarray(logits, np.float64)
+    best_at, best_margin = start, np.inf
+    for i in range(start, min(len(scores), len(taken))):
+        row = scores[i] - scores[i].max()
+        row = row - np.log(np.exp(row).sum())
+        mine = row[taken[i]]
+        row[taken[i]] = -np.inf
+        margin = mine - row.max()
+        if margin < best_margin:
+            best_at, best_margin = i, margin
+    return best_at
 
 
 def alternatives(logits: np.ndarray, taken: int, allowed: np.ndarray | None, count: int

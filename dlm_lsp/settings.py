@@ -45,6 +45,9 @@ class Settings:
     # after the hole (0 = off); for dlm/fill, and for inline completions
     suffix_rerank: int = 2
     inline_suffix_rerank: int = 1
+    # when the candidates above leave nothing to show (the greedy one only repeats the suffix,
+    # or nothing of it parses in place): this many candidates, reranked the same way (0 = off)
+    empty_rerank: int = 4
     # dlm/fill with a model that reads no suffix: the lines after the hole go ahead of the
     # prefix in its context, so that it knows the names they use
     suffix_first: bool = True
@@ -128,13 +131,13 @@ def _check(name: str, value: Any) -> Any:
             value = float(value)
     elif name in ("max_steps", "prefix_tokens", "suffix_tokens", "max_block_lines",
                   "max_document_bytes", "threads", "debounce_ms", "context_cache_mb",
-                  "draft_length", "suffix_rerank", "inline_suffix_rerank"):
+                  "draft_length", "suffix_rerank", "inline_suffix_rerank", "empty_rerank"):
         if value is None and name in ("max_steps", "prefix_tokens"):
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError("expected an integer")
         low = 0 if name in ("threads", "debounce_ms", "draft_length", "suffix_rerank",
-                            "inline_suffix_rerank") else 1
+                            "inline_suffix_rerank", "empty_rerank") else 1
         if value < low:
             raise ValueError(f"expected an integer ≥ {low}")
     return value

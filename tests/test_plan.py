@@ -378,3 +378,19 @@ def test_no_dedent_under_an_opener_in_leading_whitespace_or_in_braces():
     assert plan.holes[0].stop.dedent_to == ()  # typed indentation: nothing to its left
     _, _, plan = plan_at("javascript", "function f() {\n  if (a) {\n    b();\n█\n  }\n}\n")
     assert plan.holes[0].stop.dedent_to == ()
+
+
+def test_a_blank_line_before_code_at_its_level_wants_one_statement():
+    def one(document: str, language: str = "python") -> bool:
+        return plan_at(language, document)[2].holes[0].stop.one_statement
+
+    assert one("def f(x):\n    y = g(x)\n    █\n    return y\n")  # between two statements
+    assert one("for x in xs:\n    a(x)\n█\n    b(x)\n")  # at column 1 of an empty line
+    assert not one("def f(x):\n    █\n    return x\n")  # a fresh body: maybe several lines
+    assert not one("def f(x):\n    y = g(x)\n    █\n\ndef h():\n    pass\n")  # dedented
+    assert not one("def f(x):\n    y = g(x)\n    █\n    # done\n    return y\n")  # a comment
+    assert not one("function f() {\n  a();\n  █\n}\n", "javascript")  # the closer
+    assert not one("def f(x):\n    y = g(x)\n    █\n")  # nothing below
+    _, _, plan = plan_at("python", "def f(x):\n    y = g(x)\n    █\n    return y\n",
+                         PlanSettings(one_statement=False))
+    assert not plan.holes[0].stop.one_statement  # off (dlm/fill): a block

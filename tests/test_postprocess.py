@@ -53,7 +53,15 @@ GOLDEN = [
      "let a = 1;\r\n  return a;", 0),
     ("newlines", "go", "func f() {\n\t█\n}\n", "a := 1\r\tb := 2", "a := 1\n\tb := 2", 0),
     ("newlines", "python", "x = 1\r█", "\ny = 2", "y = 2", 0),
-    # (b) single line
+    # (b) single line; one statement (a blank line before code at its level): the first line
+    # and the block or bracket it opens
+    ("single_line", "python", "def f(x):\n    y = g(x)\n    █\n    return y\n",
+     "z = h(y)\n    y = z\n", "z = h(y)", 0),
+    ("single_line", "python", "def f(xs):\n    total = 0\n█\n    return total\n",
+     "    for x in xs:\n        total += x\n    print(total)\n",
+     "    for x in xs:\n        total += x", 0),
+    ("single_line", "python", "def f(x):\n    y = 1\n    █\n    return y\n",
+     "y = g(\n        x,\n    )\n    y += 1", "y = g(\n        x,\n    )", 0),
     ("single_line", "python", "x = █\n", "compute(1)\nprint(x)", "compute(1)", 0),
     ("single_line", "javascript", "foo(█);\n", "a, b);\nbar();", "a, b);", 2),
     ("single_line", "rust", "let n = █\n", "\n42;", None, 0),
@@ -94,6 +102,10 @@ GOLDEN = [
     ("syntax", "javascript", "const a = 1;\n█\n", "let b = 2;\nlet = ;", "let b = 2;", 0),
     ("syntax", "go", "func f() {\n\t█\n}\n", "x := 1\n\tfunc(", "x := 1", 0),
     ("syntax", "rust", "fn main() {\n    █\n}\n", "let = ;", None, 0),
+    # no line end parses: the first line is cut at its last token boundary that does
+    ("syntax", "python", "def f(x):\n    █\n", "y = g(\n        x,", "y = g", 0),
+    ("syntax", "python", "raise Error('fifo req█ires path')\n", "uired')", "uired", 0),
+    ("syntax", "python", "x = [a, b█]\ny = 1\n", ", c, d = 2", ", c, d", 0),
     # (h) trailing whitespace, empty results
     ("whitespace", "python", "x = █\n", "1   ", "1", 0),
     ("whitespace", "python", "def f():█\n", "\n    a = 1   \n    return a  \n\n\n",
@@ -124,6 +136,10 @@ GOLDEN = [
      "            depth -= 1\n    return depth\n",
      "        elif c == ')':\n            depth  -=  1\n        else:\n            depth = 0",
      "        elif c == ')':", 0),
+    # in the middle of a line: where the completion starts writing the rest of the line
+    ("suffix_overlap", "python", "total = compute(a█, c)\n", ", b, c)", ", b", 0),
+    ("suffix_overlap", "python", "value = first█second + 1\n", "_and_sec", "_and_", 0),
+    ("suffix_overlap", "python", "n = len█(xs)\n", "(xs) + 1", None, 0),
     # a short line (`pass`, `}`) is the suffix's only when the next one is too
     ("suffix_overlap", "python", "def f():\n    █\n    pass\n    return 1\n",
      "x = 1\n    pass\n    y = 2", "x = 1\n    pass\n    y = 2", 0),
@@ -249,3 +265,4 @@ def test_decoding_stops_at_a_dedented_line_below_the_dedent():
     document = "for c in s:\n    if c:\n        d = 1\n█\nprint(d)\n"
     assert not closed_at("python", document, "    elif c == 2:\n        d = 2\n")
     assert closed_at("python", document, "    elif c == 2:\n        d = 2\nprint")
+

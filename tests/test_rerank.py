@@ -100,3 +100,15 @@ def test_capped_limits_block_holes_only():
     line = plan_completion("x = ", 4, None, None, buckets=DEFAULT_CANVAS_BUCKETS,
                            count_tokens=len, language_id="python")
     assert rerank.capped(line).holes[0].stop == line.holes[0].stop
+
+
+def test_uncertain_position_is_the_smallest_margin_from_start():
+    logits = np.full((4, 5), -10.0)
+    logits[0, 1] = 5.0  # sure of token 1
+    logits[1, 2], logits[1, 3] = 5.0, 4.9  # token 2 barely ahead of 3
+    logits[2, 0], logits[2, 4] = 5.0, 4.0
+    logits[3, 2], logits[3, 1] = 5.0, 4.99  # the closest call, but the taken token is 1
+    taken = [1, 2, 0, 1]
+    assert rerank.uncertain_position(logits, taken, 0) == 3  # 1 trails 2: negative margin
+    assert rerank.uncertain_position(logits[:3], taken, 0) == 1
+    assert rerank.uncertain_position(logits[:3], taken, 2) == 2

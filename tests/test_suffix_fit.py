@@ -113,3 +113,22 @@ def test_fill_of_an_empty_body_uses_names_defined_after_it(engine):
     assert (start, end) == (at, at) and body.strip(), body
     assert "mean(" in body or "spread(" in body, body  # both are defined only after the hole
     ast.parse(text[:at] + body + text[at:])
+
+
+MARK = '''def mark(fn):
+    fn.marked = True
+
+    return fn
+'''
+
+
+def test_a_greedy_line_that_is_the_suffix_gives_way_to_another_candidate(engine):
+    """The greedy line at line 3 is `return fn`, the suffix's next line: cut, it leaves
+    nothing; `emptyRerank` candidates then give an answer that is not the suffix again."""
+    at = line_offset(MARK, 3)
+    first = engine.complete_text(MARK, at, "python",
+                                 settings=Settings(threads=1, empty_rerank=0))
+    assert first.completion is None and first.generated.strip() == "return fn"
+    text = complete(engine, MARK, 3)
+    assert text.strip() and text.strip() != "return fn", text
+    ast.parse(MARK[:at] + text + MARK[at:])

@@ -189,6 +189,8 @@ class Outcome:
     passed: bool | None = None  # None: the task has no test
     sandbox: str | None = None  # the sandbox outcome when a test ran
     error: str | None = None
+    generated: str | None = None  # the model's text at the hole before postprocessing
+    emptied_by: str | None = None  # an empty answer: the postprocess filter that emptied it
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -197,14 +199,24 @@ class Outcome:
 
 
 PATHS = ("fill", "complete")
-ABLATIONS = ("dedent", "overlap", "repeat")
+ABLATIONS = ("dedent", "overlap", "repeat", "statement", "rest-of-line", "token-cuts")
 
 
 def ablate(rules: Sequence[str]) -> None:
     """Turn completion rules off in this process (a measurement, not a setting):
     "dedent" (a blank line's first line may not dedent), "overlap" (no cut where the
-    completion reaches the suffix), "repeat" (no cut of a runaway line pattern)."""
+    completion reaches the suffix), "repeat" (no cut of a runaway line pattern),
+    "statement" (a blank line before code at its level gets a block, not one statement),
+    "rest-of-line" (a mid-line hole is not cut where it writes the rest of its line),
+    "token-cuts" (a line that adds syntax errors is dropped whole, never cut inside)."""
     from .. import plan, postprocess
+
+    if "statement" in rules:
+        plan.ONE_STATEMENT_RULE = "never"
+    if "rest-of-line" in rules:
+        postprocess._meets_rest_of_line = lambda *args, **kwargs: None
+    if "token-cuts" in rules:
+        postprocess._token_cuts = lambda line: []
 
     gone = set()
     if "overlap" in rules:
@@ -244,7 +256,8 @@ class Filler:
         self.config = config
 
     def __call__(self, task: Task) -> tuple[tuple[int, int, str] | None, int, int, float]:
-        """(edit, steps, tokens, seconds) for the task's hole."""
+        """(edit, steps, tokens, seconds) for the task's hole; `last` keeps what the fill
+        had before postprocessing (`why_empty`)."""
         text = task.prefix + task.suffix
         at = len(task.prefix)
         kwargs: dict[str, Any] = {}
@@ -259,14 +272,34 @@ class Filler:
             elapsed = time.perf_counter() - started
             c = done.completion
             edit = None if c is None else (c.start, c.end, c.text)
+            self.last = (done.plan, done.generated, text)
             return edit, done.steps, done.tokens, elapsed
         result = self.engine.fill_text(text, [(at, at)], task.language_id,
                                        settings=self.settings, **kwargs)
         elapsed = time.perf_counter() - started
         edit = result.edits[0] if result.edits else None
+        self.last = (result.plan, result.generated[0] if result.generated else None, text)
         if edit is not None and edit[0] != at:  # a hole moved by the planner: keep its place
             log.debug("%s: edit at %d, hole at %d", task.task_id, edit[0], at)
         return edit, result.steps, getattr(result, "tokens", 0), elapsed
+
+
+def why_empty(plan: Any, generated: str | None, text: str, language_id: str) -> str:
+    """Which step left nothing of the model's text at the hole: "healing" (the canvas did
+    not re-spell the healed-off text), "model" (only whitespace), a postprocess filter's name,
+    or "rerank" (the greedy text survives postprocessing; the reranked winner was empty)."""
+    from .. import postprocess
+    from ..languages import syntax_for
+
+    if generated is None:
+        return "healing"
+    if not generated.strip():
+        return "model"
+    completion, steps = postprocess.trace(plan, 0, generated, text=text,
+                                          syntax=syntax_for(language_id))
+    if completion is not None and completion.text.strip():
+        return "rerank"
+    return steps[-1][0] if steps else "model"
 
 
 def evaluate_task(task: Task, config: Config, fill: Callable[[Task], tuple],
@@ -285,6 +318,11 @@ def evaluate_task(task: Task, config: Config, fill: Callable[[Task], tuple],
         similarity=round(similarity(middle, task.middle), 4), steps=steps, tokens=tokens,
         elapsed_s=round(elapsed, 5),
     )
+    last = getattr(fill, "last", None)
+    if last is not None:
+        plan, outcome.generated, text = last
+        if not middle.strip() and plan is not None:
+            outcome.emptied_by = why_empty(plan, outcome.generated, text, task.language_id)
     program = program_for(task, middle) if run_tests else None
     if program is not None:
         result = run_python(program, limits)
@@ -322,12 +360,22 @@ def summarize_outcomes(outcomes: Iterable[Outcome]) -> list[dict[str, Any]]:
                        "exact_match": mean([float(o.exact_match) for o in items]),
                        "similarity": mean([o.similarity for o in items]),
                        "empty": mean([float(not o.middle.strip()) for o in items]),
+                       "emptied_by": _counts(o.emptied_by for o in items
+                                             if not o.middle.strip()),
                        "latency_p50_ms": summarize([o.elapsed_s * 1000 for o in items])["p50"],
                        "steps": mean([o.steps for o in items])}
                 for kind, items in sorted(kinds.items())
             },
         })
     return rows
+
+
+def _counts(values: Iterable[str | None]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        key = value or "unknown"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
@@ -355,6 +403,11 @@ def render_table(rows: list[dict[str, Any]]) -> str:
                 else 100 * row["by_kind"][k][metric]
                 for k in kinds] for row in rows]
             table += "\n\n" + format_table(headers, body, digits=1)
+    for row in rows:
+        why = [f"{kind}: " + ", ".join(f"{k} {n}" for k, n in item["emptied_by"].items())
+               for kind, item in row["by_kind"].items() if item.get("emptied_by")]
+        if why:
+            table += f"\n\nempty answers of {row['label']}, emptied by: " + "; ".join(why)
     return table
 
 
