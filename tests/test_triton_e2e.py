@@ -141,7 +141,9 @@ def test_an_ar_shaped_model_through_triton_in_batches_equals_the_local_model(tmp
                "class Point:\n    def __init__(self, x, y):\n        ",
                "def add(a, b):\n    return ", "x = [1, 2, 3]\ny = ", "with open(path) as f:\n    ",
                "if __name__ == '__main__':\n    ", "try:\n    import numpy\nexcept "]
-    local = Engine(model, Settings(token_healing=False))
+    # and no reranking on either side: a remote completion is the loop's canvas as it is (the
+    # engine reranks a local model's candidates only, emptyRerank included)
+    local = Engine(model, Settings(token_healing=False, suffix_rerank=0, empty_rerank=0))
 
     def fill(engine, prompt):
         return engine.fill_text(prompt, [(len(prompt), len(prompt))], "python")
