@@ -347,8 +347,9 @@ class OnnxDenoiser:
         return self._takes_past and self.card.causal
 
     def encode(self, layout: Layout) -> ContextState:
-        """Encode one request's whole context (a causal one in pieces: `extend`)."""
-        if self.incremental and len(layout.context_ids) > ENCODE_PIECE:
+        """Encode one request's whole context (a causal one in pieces: `extend`; for a
+        buffered decoder straight into a store, whose head it is)."""
+        if self.incremental and (self.buffered or len(layout.context_ids) > ENCODE_PIECE):
             return self._extend_from(None, 0, layout)
         return self.encode_batch([layout])
 
@@ -404,13 +405,24 @@ class OnnxDenoiser:
             if end < total:  # the next piece's past: everything so far
                 past = (np.concatenate(keys, axis=3), np.concatenate(values, axis=3))
                 past_mask = np.ones((1, end), np.int64)
+        mask = decoder_masks([layout], total)
+        if self.buffered:  # the context in a store of its own, as its head: no copy per call
+            capacity = -(-(total + BUFFER_ROOM) // 128) * 128
+            store = KVStore(self._ort, self._device, self._kv_shape, capacity, self._kv_dtype,
+                            self._feature_width if features is not None else 0)
+            start = 0
+            for index, (piece_keys, piece_values) in enumerate(zip(keys, values)):
+                store.write(start, piece_keys, piece_values,
+                            features[index] if features is not None else None)
+                start += piece_keys.shape[3]
+            return self._stored(store, total, mask)
         joined_keys = np.ascontiguousarray(np.concatenate(keys, axis=3))
         joined_values = np.ascontiguousarray(np.concatenate(values, axis=3))
         joined = (np.ascontiguousarray(np.concatenate(features, axis=1))
                   if features is not None else None)
         return ContextState(keys=self._device_value(joined_keys),
                             values=self._device_value(joined_values),
-                            context_mask=decoder_masks([layout], total), features=joined)
+                            context_mask=mask, features=joined)
 
     def _run_encoder(self, ids, positions, mask, past, past_mask) -> tuple[Any, Any, Any]:
         """One encoder call; `past` (keys, values) with `past_mask` or None (an empty past).
