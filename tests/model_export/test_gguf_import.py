@@ -226,7 +226,9 @@ def test_left_to_right_through_the_server_is_greedy_decoding(imported, tokenizer
     from dlm_lsp.settings import Settings
 
     model = imported[0]
-    settings = Settings(strategy="left_to_right", token_healing=False, context_cache=False)
+    # emptyRerank off: where greedy's answer is empty it would offer another candidate's
+    settings = Settings(strategy="left_to_right", token_healing=False, context_cache=False,
+                        empty_rerank=0)
     engine = Engine(exact_model_dir, settings)
     speculative = dataclasses.replace(settings, strategy="speculative")
     syntax = syntax_for("python")
