@@ -168,8 +168,6 @@ class LookupThenFeatures:
         self.make_drafter = make_drafter
         self.min_lookup = min_lookup
         self._drafter: FeatureDrafter | None = None
-        self.lookup_drafts = 0  # drafts taken from each source, for measurement
-        self.feature_drafts = 0
 
     def fresh(self) -> "LookupThenFeatures":
         return LookupThenFeatures(self.lookup, self.make_drafter, self.min_lookup)
@@ -178,21 +176,15 @@ class LookupThenFeatures:
               features: Features | None = None) -> list[int]:
         found = self.lookup.draft(history, length)
         if len(found) >= self.min_lookup or features is None or length <= 0:
-            self.lookup_drafts += bool(found)
             return found
         if self._drafter is None:
             self._drafter = self.make_drafter()
         drafter = self._drafter
         new = features(drafter.length)
         if new is None or drafter.length + len(new) != len(history) - 1:
-            self.lookup_drafts += bool(found)
             return found
         guessed = drafter.draft(new, int(history[-1]), length)
-        if len(guessed) <= len(found):
-            self.lookup_drafts += bool(found)
-            return found
-        self.feature_drafts += 1
-        return guessed
+        return guessed if len(guessed) > len(found) else found
 
 
 __all__ = ["Drafter", "FeatureDrafter", "LookupThenFeatures", "PromptLookup"]

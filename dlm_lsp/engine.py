@@ -433,15 +433,14 @@ class Engine:
         # the fused graphs' call costs: a draft as long as its match, from 1- to 8-token
         # matches, spends least per committed token
         lookup = PromptLookup(min_ngram=1, max_ngram=8, reach=1, source=tuple(ids))
-        drafter = self.card.drafter
-        if not settings.feature_drafts or drafter is None:
-            return lookup
-        session = getattr(self.denoiser, "drafter_session", None)
+        # the runtime has a session only for a card with a drafter graph
+        session = (getattr(self.denoiser, "drafter_session", None) if settings.feature_drafts
+                   else None)
         if session is None:
             return lookup
         card = self.card
         return LookupThenFeatures(lookup, lambda: FeatureDrafter(
-            session, drafter.n_layers, card.kv_heads, card.head_dim,
+            session, card.drafter.n_layers, card.kv_heads, card.head_dim,
             min_confidence=self.DRAFT_CONFIDENCE))
 
     def _document_denoiser(self, key: str | None, settings: Settings) -> DocumentDenoiser:

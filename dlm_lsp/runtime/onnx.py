@@ -151,6 +151,10 @@ class KVStore:
         self.sync_host()
         self.keys[:, :, :, start:end] = keys
         self.values[:, :, :, start:end] = values
+        self.push()
+
+    def push(self) -> None:
+        """Bring the device's buffers up to date with the host arrays (no-op on the CPU)."""
         if self._device != "cpu":
             for layer, (k, v) in enumerate(self.layers):
                 k.update_inplace(self.keys[layer])
@@ -259,17 +263,17 @@ class OnnxDenoiser:
         encoder_inputs = {i.name: i for i in self.encoder.get_inputs()}
         self._takes_past = set(PAST_INPUTS) <= set(encoder_inputs)
         self._pads_canvas = CANVAS_MASK in {i.name for i in self.decoder.get_inputs()}
-        decoder_outputs = {o.name for o in self.decoder.get_outputs()}
+        decoder_outputs = {o.name: o for o in self.decoder.get_outputs()}
         # a fused decoder returns its inputs' keys/values on request (`append_canvas`)
-        self.appends = {CANVAS_KEYS, CANVAS_VALUES} <= decoder_outputs and self.card.causal
+        self.appends = ({CANVAS_KEYS, CANVAS_VALUES} <= decoder_outputs.keys()
+                        and self.card.causal)
         decoder_inputs = {i.name for i in self.decoder.get_inputs()}
         # per-layer buffers shared by past and present: a call copies no cache (KVStore)
         self.buffered = {f"past_key_{i}" for i in range(card.n_layers)} <= decoder_inputs
         # the target's features for a feature drafter: both graphs output them
         self.reads_features = (FEATURES in {o.name for o in self.encoder.get_outputs()}
                                and FEATURES in decoder_outputs)
-        self._feature_width = (int(self.decoder.get_outputs()[[o.name for o in
-                               self.decoder.get_outputs()].index(FEATURES)].shape[-1])
+        self._feature_width = (int(decoder_outputs[FEATURES].shape[-1])
                                if self.reads_features else 0)
         # the card's feature drafter (drafter.onnx), when the graphs give what it reads:
         # loaded on first use (`drafter_session`), so a server that drafts by lookup alone
@@ -377,52 +381,46 @@ class OnnxDenoiser:
         each on the keys/values of those before it: the same keys/values as one call (a
         causal context), and the encoder's activations a quarter of a 512-token call's."""
         total = len(layout.context_ids)
-        if state is None:
+        keep = min(keep, total, state.length) if state is not None else 0
+        width = self._feature_width if state is None or state.features is not None else 0
+        # every piece goes straight into the arrays the state will hold: a buffered
+        # decoder's store (the new state is its head: no copy per call), else exact arrays
+        if self.buffered:
+            capacity = -(-(total + BUFFER_ROOM) // 128) * 128
+            store = KVStore(self._ort, self._device, self._kv_shape, capacity, self._kv_dtype,
+                            width)
+            keys, values, features = store.keys, store.values, store.features
+        else:
             L, H, D = self._kv_shape
-            empty = np.zeros((L, 1, H, 0, D), self._kv_dtype)
-            state = ContextState(keys=empty, values=empty, context_mask=np.zeros((1, 0), np.int64),
-                                 features=(np.zeros((1, 0, self._feature_width), np.float32)
-                                           if self.reads_features else None))
-        keep = min(keep, total, state.length)
-        head_keys, head_values = self._host_kv(state)
-        keys, values = [head_keys[:, :, :, :keep]], [head_values[:, :, :, :keep]]
-        features = [state.features[:, :keep]] if state.features is not None else None
-        past = (head_keys, head_values)
-        past_mask = np.zeros((1, state.length), np.int64)  # the old tail is not attended
-        past_mask[0, :keep] = 1
+            keys = np.zeros((L, 1, H, total, D), self._kv_dtype)
+            values = np.zeros_like(keys)
+            features = np.zeros((1, total, width), np.float32) if width else None
+        past = past_mask = None  # the first piece: the state's own keys/values (or none)
+        if state is not None:
+            past = self._host_kv(state)
+            keys[:, :, :, :keep], values[:, :, :, :keep] = (a[:, :, :, :keep] for a in past)
+            if features is not None:
+                features[:, :keep] = state.features[:, :keep]
+            past_mask = np.zeros((1, state.length), np.int64)  # the old tail is not attended
+            past_mask[0, :keep] = 1
         for start in range(keep, total, ENCODE_PIECE):
             end = min(total, start + ENCODE_PIECE)
             ids = np.asarray([layout.context_ids[start:end]], np.int64)
             positions = np.asarray([layout.context_positions[start:end]], np.int64)
             new_keys, new_values, new_features = self._run_encoder(
                 ids, positions, np.ones_like(ids), past, past_mask)
-            keys.append(self._host(new_keys))
-            values.append(self._host(new_values))
-            if features is not None and new_features is not None:
-                features.append(new_features)
-            else:
-                features = None
-            if end < total:  # the next piece's past: everything so far
-                past = (np.concatenate(keys, axis=3), np.concatenate(values, axis=3))
-                past_mask = np.ones((1, end), np.int64)
+            keys[:, :, :, start:end] = self._host(new_keys)
+            values[:, :, :, start:end] = self._host(new_values)
+            if features is not None:
+                features[:, start:end] = new_features
+            past = (keys[:, :, :, :end], values[:, :, :, :end])  # the next piece's: all so far
+            past_mask = np.ones((1, end), np.int64)
         mask = decoder_masks([layout], total)
-        if self.buffered:  # the context in a store of its own, as its head: no copy per call
-            capacity = -(-(total + BUFFER_ROOM) // 128) * 128
-            store = KVStore(self._ort, self._device, self._kv_shape, capacity, self._kv_dtype,
-                            self._feature_width if features is not None else 0)
-            start = 0
-            for index, (piece_keys, piece_values) in enumerate(zip(keys, values)):
-                store.write(start, piece_keys, piece_values,
-                            features[index] if features is not None else None)
-                start += piece_keys.shape[3]
+        if self.buffered:
+            store.push()
             return self._stored(store, total, mask)
-        joined_keys = np.ascontiguousarray(np.concatenate(keys, axis=3))
-        joined_values = np.ascontiguousarray(np.concatenate(values, axis=3))
-        joined = (np.ascontiguousarray(np.concatenate(features, axis=1))
-                  if features is not None else None)
-        return ContextState(keys=self._device_value(joined_keys),
-                            values=self._device_value(joined_values),
-                            context_mask=mask, features=joined)
+        return ContextState(keys=self._device_value(keys), values=self._device_value(values),
+                            context_mask=mask, features=features)
 
     def _run_encoder(self, ids, positions, mask, past, past_mask) -> tuple[Any, Any, Any]:
         """One encoder call; `past` (keys, values) with `past_mask` or None (an empty past).
@@ -596,9 +594,6 @@ class OnnxDenoiser:
             if canvas_ids.shape[0] != 1:
                 raise ValueError("a buffered decoder takes one request per call")
             written = state = self._writable(state, canvas_ids.shape[1])
-            for layer, (keys, values) in enumerate(state.store.layers):
-                binding.bind_ortvalue_input(f"past_key_{layer}", keys)
-                binding.bind_ortvalue_input(f"past_value_{layer}", values)
             state.store.calls += 1
             feeds = (canvas_ids, np.ascontiguousarray(canvas_positions, dtype=np.int64),
                      None, None, state.context_mask)
@@ -622,10 +617,11 @@ class OnnxDenoiser:
                  + ((CANVAS_KEYS, CANVAS_VALUES) if keep_canvas else ()))
         for name in names:
             binding.bind_output(name, "cpu")
-        if written is not None:  # after the outputs read back: the buffers stay unread
+        if written is not None:  # outputs after those read back: the buffers stay unread
             for layer, (keys, values) in enumerate(written.store.layers):
-                binding.bind_ortvalue_output(f"present_key_{layer}", keys)
-                binding.bind_ortvalue_output(f"present_value_{layer}", values)
+                for kind, buffer in (("key", keys), ("value", values)):
+                    binding.bind_ortvalue_input(f"past_{kind}_{layer}", buffer)
+                    binding.bind_ortvalue_output(f"present_{kind}_{layer}", buffer)
         self.decoder.run_with_iobinding(binding)
         outputs = [value.numpy() for value in binding.get_outputs()[: len(names)]]
         pred_ids, pred_prob, canvas_prob = outputs[:3]
