@@ -68,6 +68,9 @@ class CompletionResult:
     completion: Completion | None
     plan: InfillPlan | None = None
     steps: int = 0  # denoiser calls
+    # of those, the suffix reranking's (its candidates and their scoring); the rest are the
+    # draft-and-check loop's, what `tokens` came from
+    rerank_steps: int = 0
     tokens: int = 0  # generated tokens before end-of-span
     drafted: int = 0  # speculative: drafted tokens the model checked
     accepted: int = 0  # speculative: drafted tokens it agreed with
@@ -86,6 +89,7 @@ class FillResult:
     completions: list[Completion | None]
     plan: InfillPlan | None = None
     steps: int = 0
+    rerank_steps: int = 0  # of `steps`, the suffix reranking's
     tokens: int = 0
     drafted: int = 0  # speculative: drafted tokens the model checked
     accepted: int = 0  # speculative: drafted tokens it agreed with
@@ -251,6 +255,7 @@ class Engine:
             self.cache.remember(key, text, offset, completion)
         return CompletionResult(
             completion, plan=fill.plan or plan, steps=fill.steps, tokens=fill.tokens,
+            rerank_steps=fill.rerank_steps,
             generated=fill.generated[0] if fill.generated else None,
             drafted=fill.drafted, accepted=fill.accepted,
             elapsed_s=time.perf_counter() - started, backend=fill.backend,
@@ -507,7 +512,7 @@ class Engine:
         if reranking:  # its winner (None: no candidate had text)
             completions[0] = reranked
         return FillResult(
-            completions, plan=plan, steps=result.steps + extra_steps,
+            completions, plan=plan, steps=result.steps + extra_steps, rerank_steps=extra_steps,
             tokens=sum(len(c) for c in result.canvases), raw=raw, generated=at_holes,
             drafted=result.drafted, accepted=result.accepted,
             context_tokens=denoiser.context_tokens,

@@ -254,6 +254,7 @@ class DlmServer(LanguageServer):
             "kind": kind,
             "latencyMs": round((time.perf_counter() - started) * 1000, 2),
             "steps": getattr(result, "steps", 0),
+            "rerankSteps": getattr(result, "rerank_steps", 0),
             "tokens": getattr(result, "tokens", 0),
             "drafted": getattr(result, "drafted", 0),
             "accepted": getattr(result, "accepted", 0),
@@ -480,6 +481,8 @@ def status(ls: DlmServer, params: Any = None) -> dict[str, Any]:
         "error": ls.engine_error,
         "lastLatencyMs": ls.last.get("latencyMs"),
         "lastSteps": ls.last.get("steps"),
+        # of those, the suffix reranking's (candidates and scoring), not the decoding's
+        "lastRerankSteps": ls.last.get("rerankSteps"),
         "lastTokens": ls.last.get("tokens"),
         # speculative decoding: drafted tokens the model checked, and those it agreed with
         "lastDrafted": ls.last.get("drafted"),

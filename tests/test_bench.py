@@ -89,3 +89,18 @@ def test_bench_runs_the_real_server_and_reports(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 8 + typing["keystrokes"]
     assert {"latency_ms", "steps", "tokens", "scope", "cached", "exact_match"} <= set(rows[0])
+
+
+def test_tokens_per_call_counts_the_decodings_calls_not_the_rerankings():
+    """A request's suffix-reranking calls (candidates and their scoring) are in its steps,
+    not in the draft-and-check loop's tokens per call."""
+    from dlm_lsp.measure.report import Measurement, summarize_measurements
+
+    def request(steps, rerank, tokens):
+        return Measurement(strategy="card", kind="k", path="p", latency_ms=1.0, server_ms=1.0,
+                           steps=steps, tokens=tokens, scope="line", cached=False,
+                           suggested=True, exact_match=False, rerank_steps=rerank)
+
+    row = summarize_measurements([request(10, 6, 8), request(4, None, 8)])["card"]["line"]
+    assert row["tokens_per_call"] == 2.0  # 16 tokens over 4 + 4 decoding calls
+    assert row["steps"] == 7.0 and row["rerank_steps"] == 6.0

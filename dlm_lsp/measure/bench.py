@@ -64,6 +64,7 @@ async def measure(server: BenchServer, strategy: str, sample: Sample, index: int
     return Measurement(
         strategy=strategy, kind=sample.kind, path=sample.path, latency_ms=round(latency, 3),
         server_ms=status.get("lastLatencyMs"), steps=status.get("lastSteps"),
+        rerank_steps=status.get("lastRerankSteps"),
         tokens=status.get("lastTokens"), scope=status.get("lastScope"),
         drafted=status.get("lastDrafted"), accepted=status.get("lastAccepted"),
         cached=bool(status.get("lastCached")), suggested=bool(insert),

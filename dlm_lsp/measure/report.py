@@ -33,8 +33,14 @@ class Measurement:
     exact_match: bool
     text: str = ""
     error: str | None = None  # the request failed (JSON-RPC error or timeout)
+    rerank_steps: int | None = None  # of `steps`, the suffix reranking's
     drafted: int | None = None  # speculative: drafted tokens the target checked
     accepted: int | None = None  # speculative: drafted tokens it agreed with
+
+
+def decoding_steps(m: Measurement) -> int:
+    """A request's target calls that decoded its text (not the suffix reranking's)."""
+    return max(0, (m.steps or 0) - (m.rerank_steps or 0))
 
 
 def summarize_measurements(measurements: list[Measurement]) -> dict[str, Any]:
@@ -57,9 +63,13 @@ def summarize_measurements(measurements: list[Measurement]) -> dict[str, Any]:
                 "steps": mean([m.steps for m in group if m.steps is not None]),
                 "tokens": mean([m.tokens for m in group if m.tokens is not None]),
                 "tokens_per_s": ratio(sum(m.tokens or 0 for m in group), seconds),
-                # what a draft-and-check loop buys: generated tokens per target call
-                "tokens_per_call": ratio(sum(m.tokens or 0 for m in group if m.steps),
-                                         sum(m.steps or 0 for m in group)),
+                # what a draft-and-check loop buys: generated tokens per target call of
+                # the decoding (the suffix reranking's calls, counted in steps, apart)
+                "tokens_per_call": ratio(
+                    sum(m.tokens or 0 for m in group if decoding_steps(m)),
+                    sum(decoding_steps(m) for m in group)),
+                "rerank_steps": mean([m.rerank_steps for m in group
+                                      if m.rerank_steps is not None]),
                 "drafted": sum(m.drafted or 0 for m in group),
                 "accepted": sum(m.accepted or 0 for m in group),
                 "exact_match": mean([float(m.exact_match) for m in group]),
