@@ -22,6 +22,10 @@ section "The model contract" says why there are two graphs):
   float32`` (its probability), ``canvas_prob[B,C] float32`` (the probability of the token
   *already* at each canvas position, used for self-correction), and ``logits[B,C,V]``
   (evaluation only).
+* one graph (the shipped model): a buffered fused decoder (per-layer key/value buffers, and
+  ``predict_rows``: the canvas positions whose predictions a call returns) named as both the
+  encoder and the decoder; it encodes a context by calls that predict nothing
+  (`GraphFiles.one_graph`, `PREDICT_ROWS`).
 
 Format 1 cards (no ``context_attention``) are bidirectional: the context is encoded whole.
 
@@ -69,6 +73,11 @@ DRAFTER_OUTPUTS = ("draft_ids", "draft_prob", "drafter_keys", "drafter_values")
 # decoder metadata: "1" when the graph takes one request per call (GroupQueryAttention
 # takes several new tokens on a past only at batch 1); a batch then runs row by row
 ROWS_PER_CALL = "dlm.rows_per_call"
+# a buffered fused decoder's input: the canvas positions (R,) int64 whose predictions the
+# call returns (its outputs are then [B,R]); none for a call that only encodes context into
+# the buffers, so one graph (and one session, one copy of the prepacked weights) both
+# encodes and decodes (the card then names the same file as encoder and decoder)
+PREDICT_ROWS = "predict_rows"
 
 DEFAULT_CANVAS_BUCKETS = (16, 32, 64, 128)  # what training cuts canvases to unless told
 
@@ -111,6 +120,11 @@ class GraphFiles:
     encoder: str
     decoder: str
     dtype: str = "float32"  # dtype of keys/values
+
+    @property
+    def one_graph(self) -> bool:
+        """The decoder is also the encoder (a buffered decoder with `PREDICT_ROWS`)."""
+        return self.encoder == self.decoder
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -67,6 +67,8 @@ class _TargetTensors:
             raise GraphShapeError(f"{len(heads)} 8-bit matrices: not a fused q4 decoder")
         self.head = heads[0]
         norm = self.producer.get(self.head.input[0])
+        if norm is not None and norm.op_type == "Gather":  # the rows asked (PREDICT_ROWS)
+            norm = self.producer.get(norm.input[0])
         if norm is None or norm.op_type != "SkipSimplifiedLayerNormalization":
             raise GraphShapeError("the head does not read a final RMSNorm")
         self.norm_weight = norm.input[2]
@@ -435,8 +437,10 @@ def _served_references(model_dir: Path, refs: list):
 
     from .speculative import GreedyReference, TargetSession
 
+    from .fused import encoder_session
+
     card = load_card(model_dir)
-    encoder = drafter_session(model_dir, card.graphs["cpu"].encoder)
+    encoder = encoder_session(model_dir, card.graphs["cpu"])
     if FEATURES not in [o.name for o in encoder.get_outputs()]:
         return None
     L, H, D = card.n_layers, card.kv_heads, card.head_dim

@@ -111,9 +111,10 @@ def build_exported_model(directory: str | Path, *, context_attention: str = "cau
     if fused:
         from model_export.fused import fuse_graphs, ship
 
-        fuse_graphs(directory, encoder.name, decoder.name, "encoder.fused.onnx",
+        # as shipped: one graph, the buffered decoder, encodes and decodes
+        fuse_graphs(directory, encoder.name, decoder.name, "decoder.fused.onnx",
                     "decoder.fused.onnx", log=lambda _: None)
-        ship(directory, "encoder.fused.onnx", "decoder.fused.onnx")
+        ship(directory, "decoder.fused.onnx", "decoder.fused.onnx")
     _BUILT[key] = directory
     _MODELS[directory.resolve()] = model
     return directory
@@ -134,6 +135,8 @@ def run_decoder(sess, names, feeds):
     for name, value in feeds.items():
         if name not in ("keys", "values"):
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
+    if "predict_rows" in {i.name for i in sess.get_inputs()} and "predict_rows" not in feeds:
+        binding.bind_cpu_input("predict_rows", np.arange(C, dtype=np.int64))  # every position
     for name in names:
         binding.bind_output(name, "cpu")
     for kind, stacked in (("key", keys), ("value", values)):
@@ -145,3 +148,4 @@ def run_decoder(sess, names, feeds):
             binding.bind_ortvalue_output(f"present_{kind}_{layer}", value)
     sess.run_with_iobinding(binding)
     return [value.numpy() for value in binding.get_outputs()[: len(names)]]
+

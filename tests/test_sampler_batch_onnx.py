@@ -94,6 +94,6 @@ def test_sessions_do_not_spin():
     """Idle ONNX Runtime threads sleep: a spinning pool of one session slows the other's
     calls on a machine with few cores (a cached keystroke 2-3x slower on a busy 2-core box)."""
     denoiser = Engine(denoiser=None).denoiser
-    for session in (denoiser.encoder, denoiser.decoder):
+    for session in denoiser._sessions():  # one: the decoder also encodes
         options = session.get_session_options()
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -112,11 +112,16 @@ def test_the_feature_drafter_reads_the_targets_features_of_the_text_so_far(engin
     calls, tokens, drafted = check_lossless(engine, cursors_from_heldout(1),
                                             feature_drafts=True)
     assert guesses and sum(guesses) > 0  # the drafter drafted
-    runtime = engine.denoiser
+    from model_export.export import empty_past
+    from model_export.fused import encoder_session
+
+    encoder = encoder_session(engine.card.directory, engine.card.graphs["cpu"])
     for history, visible in seen[-1:] + seen[:1]:  # a late step (appended) and the first
         context = np.asarray([history[:-1]], np.int64)
         positions = np.arange(context.shape[1], dtype=np.int64)[None]
-        _, _, want = runtime._run_encoder(context, positions, np.ones_like(context), None, None)
+        (want,) = encoder.run(["features"], {  # one call over the text so far
+            "input_ids": context, "position_ids": positions,
+            "attention_mask": np.ones_like(context), **empty_past(encoder, 1)})
         assert visible.shape == want[0].shape
         scale = np.abs(want[0]).max()
         assert np.abs(visible - want[0]).max() < 1e-3 * scale

@@ -24,6 +24,12 @@ overwrites it), and `append_canvas` after the call only moves the state's length
 call wrote. One state of a store is its *head*, the last one made on it: only the head may
 write, so a state that is not (a document's cached context, the state a request started
 from) is first copied into a store of its own, once.
+
+A buffered decoder that takes `predict_rows` (the canvas positions whose predictions a call
+returns) is also the encoder: the card names the same file for both (`GraphFiles.one_graph`).
+A context is then encoded by decoder calls that predict nothing, piece by piece, straight
+into a store's buffers; one session holds the weights once (the two sessions each prepacked
+their own copy: ~90 MB and half the load time).
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ import numpy as np
 from ..layout import Layout, decoder_masks, pad_contexts
 from ..modelcard import (CANVAS_KEYS, CANVAS_MASK, CANVAS_VALUES, DECODER_INPUTS,
                          DECODER_OUTPUTS, ENCODER_INPUTS, ENCODER_OUTPUTS, FEATURES, LOGITS,
-                         PAST_INPUTS, ROWS_PER_CALL, GraphFiles, ModelCard, ModelError)
+                         PAST_INPUTS, PREDICT_ROWS, ROWS_PER_CALL, GraphFiles, ModelCard,
+                         ModelError)
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +267,9 @@ class OnnxDenoiser:
         self._device = "cuda" if self.provider == "CUDA" else "cpu"
         self._check_signatures()
         self.returns_logits = LOGITS in {o.name for o in self.decoder.get_outputs()}
-        encoder_inputs = {i.name: i for i in self.encoder.get_inputs()}
-        self._takes_past = set(PAST_INPUTS) <= set(encoder_inputs)
+        encoder_inputs = ({i.name for i in self.encoder.get_inputs()} if self.encoder
+                          else set(PAST_INPUTS))  # one graph: its buffers are the past
+        self._takes_past = set(PAST_INPUTS) <= encoder_inputs
         self._pads_canvas = CANVAS_MASK in {i.name for i in self.decoder.get_inputs()}
         decoder_outputs = {o.name: o for o in self.decoder.get_outputs()}
         # a fused decoder returns its inputs' keys/values on request (`append_canvas`)
@@ -270,9 +278,10 @@ class OnnxDenoiser:
         decoder_inputs = {i.name for i in self.decoder.get_inputs()}
         # per-layer buffers shared by past and present: a call copies no cache (KVStore)
         self.buffered = {f"past_key_{i}" for i in range(card.n_layers)} <= decoder_inputs
+        self._predicts_rows = PREDICT_ROWS in decoder_inputs
         # the target's features for a feature drafter: both graphs output them
-        self.reads_features = (FEATURES in {o.name for o in self.encoder.get_outputs()}
-                               and FEATURES in decoder_outputs)
+        self.reads_features = FEATURES in decoder_outputs and (
+            self.encoder is None or FEATURES in {o.name for o in self.encoder.get_outputs()})
         self._feature_width = (int(decoder_outputs[FEATURES].shape[-1])
                                if self.reads_features else 0)
         # the card's feature drafter (drafter.onnx), when the graphs give what it reads:
@@ -304,8 +313,8 @@ class OnnxDenoiser:
                 self.has_drafter = False
         return self._drafter_session
 
-    def _sessions(self) -> tuple[Any, Any]:
-        return self.encoder, self.decoder
+    def _sessions(self) -> tuple[Any, ...]:
+        return (self.decoder,) if self.encoder is None else (self.encoder, self.decoder)
 
     def _open(self, graphs: GraphFiles, providers: list[str], threads: int) -> None:
         ort = self._ort
@@ -325,19 +334,27 @@ class OnnxDenoiser:
         self.graphs = graphs
         self._options, self._providers = options, providers
         sessions = []
-        for name in (graphs.encoder, graphs.decoder):
+        for name in (graphs.decoder,) if graphs.one_graph else (graphs.encoder, graphs.decoder):
             path = self.card.path(name)
             try:
                 sessions.append(ort.InferenceSession(str(path), options, providers=providers))
             except Exception as exc:
                 raise ModelError(f"cannot load {path}: {exc}") from exc
-        self.encoder, self.decoder = sessions
+        self.decoder = sessions[-1]
+        self.encoder = None if graphs.one_graph else sessions[0]  # one graph: the decoder
 
     def _check_signatures(self) -> None:
-        names = {i.name for i in self.encoder.get_inputs()}
-        outs = {o.name for o in self.encoder.get_outputs()}
-        if not set(ENCODER_INPUTS) <= names or not set(ENCODER_OUTPUTS) <= outs:
-            raise ModelError(f"{self.graphs.encoder}: inputs/outputs are not the encoder contract")
+        names = {i.name for i in self.decoder.get_inputs()}
+        if self.encoder is None:  # one graph: it must be able to encode
+            if not ({PREDICT_ROWS, "past_key_0"} <= names and self.card.causal):
+                raise ModelError(f"{self.graphs.decoder}: named as encoder and decoder, but it "
+                                 f"is not a buffered causal decoder with {PREDICT_ROWS}")
+        else:
+            names = {i.name for i in self.encoder.get_inputs()}
+            outs = {o.name for o in self.encoder.get_outputs()}
+            if not set(ENCODER_INPUTS) <= names or not set(ENCODER_OUTPUTS) <= outs:
+                raise ModelError(
+                    f"{self.graphs.encoder}: inputs/outputs are not the encoder contract")
         names = {i.name for i in self.decoder.get_inputs()}
         if "past_key_0" in names:  # a buffered decoder: per-layer buffers for keys/values
             names |= {"keys", "values"}
@@ -358,12 +375,34 @@ class OnnxDenoiser:
         return self.encode_batch([layout])
 
     def encode_batch(self, layouts: list[Layout]) -> ContextState:
-        """Encode several contexts in one call, right-padded to the longest (mask 0)."""
+        """Encode several contexts in one call, right-padded to the longest (mask 0); with
+        one graph, each alone (the decoder takes one request per call), then padded."""
+        if self.encoder is None:
+            return self._padded([self._extend_from(None, 0, layout) for layout in layouts],
+                                layouts)
         ids, positions, mask = pad_contexts(layouts, self.card.special_tokens.pad)
         keys, values, features = self._run_encoder(ids, positions, mask, None, None)
         return ContextState(keys=keys, values=values,
                             context_mask=decoder_masks(layouts, ids.shape[1]),
                             features=features)
+
+    def _padded(self, states: list[ContextState], layouts: list[Layout]) -> ContextState:
+        """One-request states as one batch state, right-padded to the longest (host arrays,
+        as the batched decoder path reads them row by row)."""
+        L, H, D = self._kv_shape
+        longest = max(state.length for state in states)
+        keys = np.zeros((L, len(states), H, longest, D), self._kv_dtype)
+        values = np.zeros_like(keys)
+        width = self._feature_width if states[0].features is not None else 0
+        features = np.zeros((len(states), longest, width), np.float32) if width else None
+        for row, state in enumerate(states):
+            own_keys, own_values = self._host_kv(state)
+            keys[:, row : row + 1, :, : state.length] = own_keys
+            values[:, row : row + 1, :, : state.length] = own_values
+            if features is not None:
+                features[row, : state.length] = state.features[0]
+        return ContextState(keys=self._device_value(keys), values=self._device_value(values),
+                            context_mask=decoder_masks(layouts, longest), features=features)
 
     def extend(self, state: ContextState | None, keep: int, layout: Layout) -> ContextState:
         """The state of `layout`'s context (one request) from `state`, a state whose first
@@ -403,6 +442,14 @@ class OnnxDenoiser:
                 features[:, :keep] = state.features[:, :keep]
             past_mask = np.zeros((1, state.length), np.int64)  # the old tail is not attended
             past_mask[0, :keep] = 1
+        if self.encoder is None:  # the decoder writes each piece into the store itself
+            store.push()
+            for start in range(keep, total, ENCODE_PIECE):
+                end = min(total, start + ENCODE_PIECE)
+                store.write_features(start, self._encode_piece(
+                    store, start, layout.context_ids[start:end],
+                    layout.context_positions[start:end]))
+            return self._stored(store, total, decoder_masks([layout], total))
         for start in range(keep, total, ENCODE_PIECE):
             end = min(total, start + ENCODE_PIECE)
             ids = np.asarray([layout.context_ids[start:end]], np.int64)
@@ -421,6 +468,35 @@ class OnnxDenoiser:
             return self._stored(store, total, mask)
         return ContextState(keys=self._device_value(keys), values=self._device_value(values),
                             context_mask=mask, features=features)
+
+    def _encode_piece(self, store: KVStore, start: int, ids, positions) -> np.ndarray | None:
+        """One graph: context tokens `ids` at `positions` after the store's first `start`
+        (all attended), their keys/values written into the store at start.. by a decoder call
+        that predicts nothing. Returns their features (host, or None)."""
+        binding = self.decoder.io_binding()
+        ids = np.asarray([ids], np.int64)
+        feeds = {DECODER_INPUTS[0]: ids,
+                 DECODER_INPUTS[1]: np.asarray([positions], np.int64),
+                 DECODER_INPUTS[4]: np.ones((1, start), np.int64),
+                 PREDICT_ROWS: np.zeros(0, np.int64)}
+        if self._pads_canvas:
+            feeds[CANVAS_MASK] = np.ones(ids.shape, bool)
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        if self.reads_features:
+            binding.bind_output(FEATURES, "cpu")
+        self._bind_buffers(binding, store)
+        self.decoder.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy() if self.reads_features else None
+
+    @staticmethod
+    def _bind_buffers(binding: Any, store: KVStore) -> None:
+        """The store's buffers as a buffered decoder's past and present, per layer (the call
+        writes its tokens' keys/values in place). Bound after the outputs read back."""
+        for layer, (keys, values) in enumerate(store.layers):
+            for kind, buffer in (("key", keys), ("value", values)):
+                binding.bind_ortvalue_input(f"past_{kind}_{layer}", buffer)
+                binding.bind_ortvalue_output(f"present_{kind}_{layer}", buffer)
 
     def _run_encoder(self, ids, positions, mask, past, past_mask) -> tuple[Any, Any, Any]:
         """One encoder call; `past` (keys, values) with `past_mask` or None (an empty past).
@@ -611,6 +687,8 @@ class OnnxDenoiser:
             if canvas_mask is None:
                 canvas_mask = np.ones(canvas_ids.shape, bool)
             binding.bind_cpu_input(CANVAS_MASK, np.ascontiguousarray(canvas_mask, dtype=bool))
+        if self._predicts_rows:  # a decoding call: predictions at every canvas position
+            binding.bind_cpu_input(PREDICT_ROWS, np.arange(canvas_ids.shape[1], dtype=np.int64))
         features = keep_canvas and self.reads_features and state.features is not None
         names = (DECODER_OUTPUTS + ((LOGITS,) if need_logits else ())
                  + ((FEATURES,) if features else ())
@@ -618,10 +696,7 @@ class OnnxDenoiser:
         for name in names:
             binding.bind_output(name, "cpu")
         if written is not None:  # outputs after those read back: the buffers stay unread
-            for layer, (keys, values) in enumerate(written.store.layers):
-                for kind, buffer in (("key", keys), ("value", values)):
-                    binding.bind_ortvalue_input(f"past_{kind}_{layer}", buffer)
-                    binding.bind_ortvalue_output(f"present_{kind}_{layer}", buffer)
+            self._bind_buffers(binding, written.store)
         self.decoder.run_with_iobinding(binding)
         outputs = [value.numpy() for value in binding.get_outputs()[: len(names)]]
         pred_ids, pred_prob, canvas_prob = outputs[:3]

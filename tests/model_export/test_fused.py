@@ -16,7 +16,7 @@ import pytest
 from dlm_lsp.layout import build_layout
 from dlm_lsp.modelcard import GraphFiles, default_model_dir, load_card
 from dlm_lsp.runtime import OnnxDenoiser
-from model_export.fused import GraphShapeError, fuse_decoder, fuse_encoder
+from model_export.fused import EncodingDecoder, GraphShapeError, fuse_decoder, fuse_encoder
 from tests.causal_model import build_exported_model, run_decoder
 
 OUTPUTS = ["pred_ids", "pred_prob", "canvas_prob", "logits"]
@@ -103,9 +103,21 @@ def ar_dir(tmp_path_factory):
 
 def test_fused_graphs_equal_the_exported_q4_graphs(ar_dir):
     card = load_card(ar_dir)
-    assert card.graphs["cpu"].decoder == "decoder.fused.onnx"
+    assert card.graphs["cpu"].decoder == card.graphs["cpu"].encoder == "decoder.fused.onnx"
+    assert not (ar_dir / "encoder.fused.onnx").exists()  # one graph encodes and decodes
+    decoder = session(ar_dir / "decoder.fused.onnx")
     compare(card, session(ar_dir / "encoder.onnx"), session(ar_dir / "decoder.onnx"),
-            session(ar_dir / "encoder.fused.onnx"), session(ar_dir / "decoder.fused.onnx"))
+            EncodingDecoder(decoder), decoder)
+
+
+def test_the_fused_encoder_equals_the_exported_q4_encoder(ar_dir):
+    """The fused encoder graph (a stacked decoder's companion) as the q4 one."""
+    card = load_card(ar_dir)
+    old_e = onnx.load(str(ar_dir / "encoder.onnx"), load_external_data=False)
+    old_d = onnx.load(str(ar_dir / "decoder.onnx"), load_external_data=False)
+    compare(card, session(ar_dir / "encoder.onnx"), session(ar_dir / "decoder.onnx"),
+            session(ar_dir / "encoder.onnx", fuse_encoder(old_e, card)),
+            session(ar_dir / "decoder.onnx", fuse_decoder(old_d, card)))
 
 
 def test_fused_graphs_read_the_weights_file_as_it_is(ar_dir):
@@ -117,7 +129,7 @@ def test_fused_graphs_read_the_weights_file_as_it_is(ar_dir):
                 for init in model.graph.initializer if init.data_location == 1}
 
     old = {**external(ar_dir / "encoder.onnx"), **external(ar_dir / "decoder.onnx")}
-    new = {**external(ar_dir / "encoder.fused.onnx"), **external(ar_dir / "decoder.fused.onnx")}
+    new = external(ar_dir / "decoder.fused.onnx")
     assert new and all(old.get(name) == where for name, where in new.items())
 
 
@@ -238,10 +250,11 @@ def test_a_q4_export_of_a_causal_model_ships_the_fused_graphs(tiny_checkpoint, t
         str(tiny_corpus), "--out", str(out), "--em-examples", "0", "--threads", "1",
         "--cpu-variant", "q4", "--no-fp16", "--repeats", "1"]))
     card = load_card(out)
-    assert card.graphs["cpu"].decoder == "decoder.fused.onnx"
+    assert card.graphs["cpu"].decoder == card.graphs["cpu"].encoder == "decoder.fused.onnx"
     assert card.extra["export"]["fused"] == report["fused"]
+    decoder = session(out / "decoder.fused.onnx")
     compare(card, session(out / "encoder.q4.onnx"), session(out / "decoder.q4.onnx"),
-            session(out / "encoder.fused.onnx"), session(out / "decoder.fused.onnx"))
+            EncodingDecoder(decoder), decoder)
 
 
 def test_a_buffer_decoder_writes_the_canvas_into_the_context_buffers(ar_dir):
@@ -252,7 +265,7 @@ def test_a_buffer_decoder_writes_the_canvas_into_the_context_buffers(ar_dir):
     old_d = onnx.load(str(ar_dir / "decoder.onnx"), load_external_data=False)
     plain = session(ar_dir / "decoder.onnx", fuse_decoder(old_d, card, buffers=False))
     buffered = session(ar_dir / "decoder.fused.onnx")  # what fuse_graphs writes
-    encoder = session(ar_dir / "encoder.fused.onnx")
+    encoder = EncodingDecoder(buffered)
     rng = np.random.default_rng(2)
     S, C, extra = 19, 5, 8
     ids = rng.integers(4, card.vocab_size, (1, S))
@@ -266,6 +279,7 @@ def test_a_buffer_decoder_writes_the_canvas_into_the_context_buffers(ar_dir):
              "canvas_position_ids": np.arange(S - 1, S - 1 + C)[None],
              "context_mask": np.ones((1, S), np.int64), "canvas_mask": np.ones((1, C), bool)}
     binding = buffered.io_binding()
+    binding.bind_cpu_input("predict_rows", np.arange(C, dtype=np.int64))
     for name, value in feeds.items():
         binding.bind_cpu_input(name, value)
     for name in OUTPUTS[:2]:
@@ -391,6 +405,7 @@ def test_the_fused_graphs_output_the_target_features_a_drafter_reads(ar_dir):
     binding = buffered.io_binding()
     for name in ("canvas_ids", "canvas_position_ids", "context_mask", "canvas_mask"):
         binding.bind_cpu_input(name, feeds[name])
+    binding.bind_cpu_input("predict_rows", np.arange(C, dtype=np.int64))
     shape = (L, 1, card.kv_heads, S + C, card.head_dim)
     buffers = {"key": np.zeros(shape, np.float32), "value": np.zeros(shape, np.float32)}
     buffers["key"][:, :, :, :S], buffers["value"][:, :, :, :S] = keys, values
@@ -420,7 +435,15 @@ def test_a_long_context_encoded_in_pieces_equals_one_encoder_call(ar_dir):
     tokens = list(rng.integers(4, card.vocab_size, 2 * ENCODE_PIECE + 37))
     layout = build_layout([tokens, []], [4], card.special_tokens.file, shift=True)
     assert len(layout.context_ids) > 2 * ENCODE_PIECE
-    whole = runtime.encode_batch([layout])  # one call
+    assert runtime.encoder is None  # one graph: the decoder encodes
+    n = len(layout.context_ids)
+    one_call = EncodingDecoder(session(ar_dir / "decoder.fused.onnx")).run(None, {
+        "input_ids": np.asarray([layout.context_ids]),
+        "position_ids": np.asarray([layout.context_positions]),
+        "attention_mask": np.ones((1, n), np.int64), **empty_past(1, card)})
+    whole = runtime.encode_batch([layout])
+    close(whole.keys, one_call[0], 1e-4)
+    close(whole.values, one_call[1], 1e-4)
     pieces = runtime.encode(layout)
     head = runtime.encode(build_layout([tokens[:50], []], [4], card.special_tokens.file,
                                        shift=True))

@@ -9,6 +9,7 @@ from tokenizers import Tokenizer
 from dlm_lsp.layout import build_layout
 from dlm_lsp.modelcard import default_model_dir, load_card
 from model_export.export import canvas_mask, empty_past
+from model_export.fused import encoder_session
 from tests.causal_model import run_decoder
 
 
@@ -53,8 +54,7 @@ def test_shipped_graphs_continue_real_code():
     files = card.graphs["cpu"]
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    encoder = ort.InferenceSession(str(card.path(files.encoder)), options,
-                                   providers=["CPUExecutionProvider"])
+    encoder = encoder_session(card.directory, files)  # one graph: the decoder encodes
     decoder = ort.InferenceSession(str(card.path(files.decoder)), options,
                                    providers=["CPUExecutionProvider"])
     ctx = np.array([layout.context_ids], np.int64)
