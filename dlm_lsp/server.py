@@ -504,6 +504,9 @@ def status(ls: DlmServer, params: Any = None) -> dict[str, Any]:
 
 def create_server(settings: Settings | None = None, engine: Engine | None = None) -> DlmServer:
     """A server with every feature registered."""
+    from .runtime import bound_malloc
+
+    bound_malloc()  # before the server's threads exist: each would get a heap of its own
     server = DlmServer(settings, engine)
     server.feature(types.INITIALIZE)(initialize)
     server.feature(types.INITIALIZED)(initialized)
