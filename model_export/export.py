@@ -708,16 +708,17 @@ def export_model_dir(args) -> dict:
     )
     (out / "model.json").write_text(json.dumps(card.to_json(), indent=2) + "\n")
     if cpu == "q4" and cfg.causal and not args.no_fuse:
-        from .fused import fuse_graphs, ship
+        from .fused import fuse_graphs, one_graph_encoder, ship
 
         encoder, decoder = graphs["cpu"].encoder, graphs["cpu"].decoder
-        # one graph: the buffered decoder also encodes (fuse_graphs, PREDICT_ROWS)
-        nodes = fuse_graphs(out, encoder, decoder, "decoder.fused.onnx", "decoder.fused.onnx",
+        # a causal canvas: one graph, the buffered decoder also encodes (PREDICT_ROWS)
+        fused_encoder = one_graph_encoder(out, "decoder.fused.onnx")
+        nodes = fuse_graphs(out, encoder, decoder, fused_encoder, "decoder.fused.onnx",
                             None, args.decoder_mlp_accuracy_level)
         report["fused"] = {"from": [encoder, decoder], "accuracy_level": None,
                            "decoder_mlp_accuracy_level": args.decoder_mlp_accuracy_level,
                            "buffers": True, "nodes": nodes}
-        ship(out, "decoder.fused.onnx", "decoder.fused.onnx", report["fused"])
+        ship(out, fused_encoder, "decoder.fused.onnx", report["fused"])
     load_card(out)  # the runtime's own validation
     sizes = {p.name: p.stat().st_size for p in out.iterdir() if p.is_file()}
     print("wrote", out, json.dumps(sizes))

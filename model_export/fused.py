@@ -570,6 +570,9 @@ def fuse_graphs(model_dir: Path, encoder: str, decoder: str, out_encoder: str,
     if one_graph and not buffers:
         raise ValueError("one graph for encoder and decoder needs the buffered decoder")
     card = load_card(model_dir)
+    if one_graph and card.canvas_attention != "causal":
+        # a bidirectional canvas would let a piece of context see the tokens after it
+        raise ValueError("one graph for encoder and decoder needs a causal canvas")
     report = {}
     jobs = [(encoder, out_encoder, fuse_encoder, {})] if not one_graph else []
     for src, dst, fuse, extra in (
@@ -585,14 +588,22 @@ def fuse_graphs(model_dir: Path, encoder: str, decoder: str, out_encoder: str,
     return report
 
 
+def one_graph_encoder(model_dir: Path, decoder: str) -> str:
+    """The encoder file to fuse for a model directory: the decoder itself (one graph) when
+    its canvas is causal, as a context is; else a separate encoder."""
+    from dlm_lsp.modelcard import load_card
+
+    return decoder if load_card(model_dir).canvas_attention == "causal" else "encoder.fused.onnx"
+
+
 def add_fuse_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", help="a model directory with exported q4 graphs")
     p.add_argument("--encoder", default="encoder.q4.onnx")
     p.add_argument("--decoder", default="decoder.q4.onnx")
-    p.add_argument("--out-encoder", default="decoder.fused.onnx",
-                   help="the fused encoder's file; the default, the decoder's own name: no "
-                   "encoder, the buffered decoder encodes too (one session, one copy of the "
-                   "prepacked weights)")
+    p.add_argument("--out-encoder", default=None,
+                   help="the fused encoder's file; the decoder's own name (the default for a "
+                   "causal canvas): no encoder, the buffered decoder encodes too (one session, "
+                   "one copy of the prepacked weights); else encoder.fused.onnx")
     p.add_argument("--out-decoder", default="decoder.fused.onnx")
     p.add_argument("--accuracy-level", type=int, default=None, choices=[0, 1, 2, 3, 4],
                    help="MatMulNBits accuracy level of the 4-bit matrices (default: as exported)")
@@ -637,6 +648,8 @@ def feature_layers(value: str, model_dir: Path) -> list[int]:
 
 def main_from_args(args) -> int:
     model_dir = Path(args.model_dir)
+    if args.out_encoder is None:
+        args.out_encoder = one_graph_encoder(model_dir, args.out_decoder)
     matrix_levels = parse_matrix_levels(args.decoder_levels)
     features = feature_layers(args.features, model_dir)
     report = fuse_graphs(model_dir, args.encoder, args.decoder, args.out_encoder,

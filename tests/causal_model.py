@@ -111,10 +111,13 @@ def build_exported_model(directory: str | Path, *, context_attention: str = "cau
     if fused:
         from model_export.fused import fuse_graphs, ship
 
-        # as shipped: one graph, the buffered decoder, encodes and decodes
-        fuse_graphs(directory, encoder.name, decoder.name, "decoder.fused.onnx",
+        from model_export.fused import one_graph_encoder
+
+        # as shipped: one graph, the buffered decoder, encodes and decodes (a causal canvas)
+        fused_encoder = one_graph_encoder(directory, "decoder.fused.onnx")
+        fuse_graphs(directory, encoder.name, decoder.name, fused_encoder,
                     "decoder.fused.onnx", log=lambda _: None)
-        ship(directory, "decoder.fused.onnx", "decoder.fused.onnx")
+        ship(directory, fused_encoder, "decoder.fused.onnx")
     _BUILT[key] = directory
     _MODELS[directory.resolve()] = model
     return directory

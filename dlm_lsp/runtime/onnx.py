@@ -364,9 +364,11 @@ class OnnxDenoiser:
     def _check_signatures(self) -> None:
         names = {i.name for i in self.decoder.get_inputs()}
         if self.encoder is None:  # one graph: it must be able to encode
-            if not ({PREDICT_ROWS, "past_key_0"} <= names and self.card.causal):
+            if not ({PREDICT_ROWS, "past_key_0"} <= names and self.card.causal
+                    and self.card.canvas_attention == "causal"):
                 raise ModelError(f"{self.graphs.decoder}: named as encoder and decoder, but it "
-                                 f"is not a buffered causal decoder with {PREDICT_ROWS}")
+                                 f"is not a buffered decoder with {PREDICT_ROWS} and a causal "
+                                 f"canvas")
         else:
             names = {i.name for i in self.encoder.get_inputs()}
             outs = {o.name for o in self.encoder.get_outputs()}

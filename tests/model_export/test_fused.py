@@ -151,6 +151,13 @@ def test_a_denoisers_bidirectional_canvas_fuses_too(tmp_path):
     compare(card, session(directory / "encoder.onnx"), session(directory / "decoder.onnx"),
             session(directory / "encoder.onnx", fuse_encoder(old_e, card)),
             session(directory / "decoder.onnx", fuse_decoder(old_d, card)))
+    # ... but as a pair: its decoder cannot encode (a piece of context would see what follows)
+    from model_export.fused import fuse_graphs, one_graph_encoder
+
+    assert one_graph_encoder(directory, "decoder.fused.onnx") == "encoder.fused.onnx"
+    with pytest.raises(ValueError, match="causal canvas"):
+        fuse_graphs(directory, "encoder.onnx", "decoder.onnx", "decoder.fused.onnx",
+                    "decoder.fused.onnx", log=lambda _: None)
 
 
 def test_an_unquantized_graph_is_refused(tmp_path):
@@ -250,11 +257,16 @@ def test_a_q4_export_of_a_causal_model_ships_the_fused_graphs(tiny_checkpoint, t
         str(tiny_corpus), "--out", str(out), "--em-examples", "0", "--threads", "1",
         "--cpu-variant", "q4", "--no-fp16", "--repeats", "1"]))
     card = load_card(out)
-    assert card.graphs["cpu"].decoder == card.graphs["cpu"].encoder == "decoder.fused.onnx"
+    assert card.graphs["cpu"].decoder == "decoder.fused.onnx"
     assert card.extra["export"]["fused"] == report["fused"]
     decoder = session(out / "decoder.fused.onnx")
+    # a denoiser's bidirectional canvas cannot encode a context: the fused pair; a causal
+    # canvas (the shipped model's) is one graph
+    one_graph = card.canvas_attention == "causal"
+    assert card.graphs["cpu"].one_graph == one_graph
+    encoder = EncodingDecoder(decoder) if one_graph else session(out / "encoder.fused.onnx")
     compare(card, session(out / "encoder.q4.onnx"), session(out / "decoder.q4.onnx"),
-            EncodingDecoder(decoder), decoder)
+            encoder, decoder)
 
 
 def test_a_buffer_decoder_writes_the_canvas_into_the_context_buffers(ar_dir):
