@@ -163,6 +163,15 @@ class DocumentDenoiser:
         read = getattr(self.runtime, "visible_features", None)
         return read(state, start) if read is not None else None
 
+    @property
+    def masks(self) -> bool:
+        """Whether a state can be seen through another context mask (`masked`)."""
+        return hasattr(self.runtime, "masked")
+
+    def masked(self, state, visible):
+        """The runtime's `masked`: `state` under another context mask."""
+        return self.runtime.masked(state, visible)
+
     def append_canvas(self, state, canvas, count: int):
         """The runtime's `append_canvas`: this request's state, not the document's cached
         one (the cache holds the document's text, not a request's canvas)."""

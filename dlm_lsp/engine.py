@@ -302,7 +302,8 @@ class Engine:
                 dataclasses.replace(h, canvas_length=int(n))
                 for h, n in zip(plan.holes, canvas_lengths)])
         result = self._run(plan, text, syntax, settings, cancelled,
-                           rerank=settings.suffix_rerank, suffix_first=settings.suffix_first)
+                           rerank=settings.suffix_rerank, suffix_first=settings.suffix_first,
+                           branch=rerank_mod.FILL_BRANCH)
         for hole, completion in zip(plan.holes, result.completions):
             if completion is None:
                 result.edits.append((hole.start, hole.end, text[hole.start : hole.end]))
@@ -459,9 +460,10 @@ class Engine:
 
     def _run(self, plan: InfillPlan, text: str, syntax: Syntax | None, settings: Settings,
              cancelled: Check, key: str | None = None, rerank: int = 0,
-             suffix_first: bool = False) -> FillResult:
+             suffix_first: bool = False, branch: str | None = None) -> FillResult:
         """Denoise the plan's holes and finish them; `rerank` > 0: that many candidates for
-        suffix-likelihood reranking (`_suffix_rerank`), where the model allows it."""
+        suffix-likelihood reranking (`_suffix_rerank`, its candidates by `branch`), where the
+        model allows it."""
         if not plan.holes:
             return FillResult([], plan=plan)
         segments = self._encode_segments(plan, suffix_first and key is None)
@@ -493,10 +495,13 @@ class Engine:
                 if reranking:
                     reranked, extra_steps = self._suffix_rerank(
                         plan, text, syntax, layout, denoiser, state, heals, result.canvases[0],
-                        rerank, settings, cancelled, closed, drafter)
-                if reranking and reranked is None and settings.empty_rerank > rerank:
+                        rerank, settings, cancelled, closed, drafter, branch=branch)
+                if reranking and reranked is None and (
+                        settings.empty_rerank > rerank
+                        or settings.empty_rerank > 1 and (branch or rerank_mod.BRANCH) == "beam"):
                     # nothing to show: more candidates, each starting with another first
-                    # token (an answer that is not the suffix again, or one that parses)
+                    # token (an answer that is not the suffix again, or one that parses; a
+                    # beam's lines are often all variants of the one the suffix has)
                     reranked, more = self._suffix_rerank(
                         plan, text, syntax, layout, denoiser, state, heals, result.canvases[0],
                         settings.empty_rerank, settings, cancelled, closed, drafter,
@@ -532,10 +537,11 @@ class Engine:
                        denoiser, state, heals: list[Heal | None], greedy: list[int], k: int,
                        settings: Settings, cancelled: Check, closed, drafter=None,
                        branch: str | None = None) -> tuple[Completion | None, int]:
-        """The best of `k` candidates (greedy + alternatives where `branch` says, by default
-        `rerank.BRANCH`: at its first free position, or where its first line was least sure;
-        continued greedily) at each of their cuts, by prefix + suffix log-likelihood; and the
-        denoiser calls it took."""
+        """The best of `k` candidates at each of their cuts, by prefix + suffix
+        log-likelihood, and the denoiser calls it took. The candidates are the greedy one
+        and, by `branch` (default `rerank.BRANCH`), the beam's best first lines ("beam",
+        `_beam_candidates`) or the best other first tokens at its first free position, each
+        continued greedily ("first": an answer that does not start as the greedy one did)."""
         heal = heals[0]
         forced = heal.text if heal is not None else ""
         anchor = layout.context_ids[layout.anchors[0]]
@@ -551,41 +557,37 @@ class Engine:
                                          need_logits=True)[3][0]
 
         candidates = [greedy]
-        if k > 1:
-            free = rerank_mod.first_free_position(greedy, self.healer.text_of, forced)
-            if (branch or rerank_mod.BRANCH) == "uncertain" and free < len(greedy):
-                # the greedy first line's tokens in one call: branch where it was least sure
-                stop = free
-                while stop < len(greedy) and "\n" not in self.healer.text_of(greedy[stop]):
-                    stop += 1
-                line = list(greedy[: max(stop, free + 1)])
-                ids = np.asarray([anchor, *line[:-1]], np.int64)
-                positions = np.arange(first - 1, first - 1 + len(line), dtype=np.int64)
-                rows = logits_of(ids, positions)
-                at = rerank_mod.uncertain_position(rows, line, free)
-                logits = rows[at]
-            else:
-                at = free
-                ids = np.asarray([anchor, *greedy[:at]], np.int64)
-                positions = np.arange(first - 1, first + at, dtype=np.int64)
-                logits = logits_of(ids, positions)[-1]
-            head = list(greedy[:at])
-            taken = greedy[at] if at < len(greedy) else -1
-            options = [t for t in rerank_mod.alternatives(logits, taken, None, k + 8)
-                       if self.healer.text_of(t)][: k - 1]
-            # an alternative runs at most a little longer than the greedy one did
-            room = min(len(layout.canvas_positions[0]),
-                       len(greedy) + rerank_mod.ALTERNATIVE_SLACK)
-            short = dataclasses.replace(layout,
-                                        canvas_positions=[layout.canvas_positions[0][:room]])
-            for token in options:
-                start = rerank_mod.ForcedStart([*head, token], heal)
-                alt = denoise(denoiser, short, self.card.special_tokens,
-                              self.sampler_settings(settings), cancelled, state=state,
-                              heals=[start], closed=closed, drafter=drafter)
-                calls += alt.steps
-                candidates.append(alt.canvases[0])
         multi_line = not plan.holes[0].stop.single_line
+        starts: list[list[int]] = []  # other candidates' first tokens, continued greedily
+        if k > 1 and (branch or rerank_mod.BRANCH) == "beam":
+            found, more = self._beam_candidates(layout, denoiser, state, heal, greedy, k, closed,
+                                                cancelled, logits_of)
+            calls += more
+            # each a candidate as it is: a line that opens a block (`def __init__(self):`) is
+            # no cut of a longer candidate, and the line is what the beam is for
+            candidates += found
+        elif k > 1:
+            at = rerank_mod.first_free_position(greedy, self.healer.text_of, forced)
+            ids = np.asarray([anchor, *greedy[:at]], np.int64)
+            positions = np.arange(first - 1, first + at, dtype=np.int64)
+            logits = logits_of(ids, positions)[-1]
+            options = [t for t in rerank_mod.alternatives(
+                logits, greedy[at] if at < len(greedy) else -1, None, k + 8)
+                if self.healer.text_of(t)][: k - 1]
+            starts = [[*greedy[:at], token] for token in options]
+        # an alternative runs at most a little longer than the greedy one did
+        room = min(len(layout.canvas_positions[0]), len(greedy) + rerank_mod.ALTERNATIVE_SLACK)
+        short = dataclasses.replace(layout, canvas_positions=[layout.canvas_positions[0][:room]])
+        for head in starts:
+            if len(head) >= room:
+                candidates.append(head)
+                continue
+            alt = denoise(denoiser, short, self.card.special_tokens,
+                          self.sampler_settings(settings), cancelled, state=state,
+                          heals=[rerank_mod.ForcedStart(head, heal)], closed=closed,
+                          drafter=drafter)
+            calls += alt.steps
+            candidates.append(alt.canvases[0])
         scored: list[rerank_mod.Scored] = []
         kept: list[Completion] = []  # scored[i]'s completion
         seen: set[tuple[str, int]] = set()
@@ -615,6 +617,69 @@ class Engine:
         log.debug("suffix rerank: %s", [(s.index, round(s.score(), 2), s.text[:40])
                                         for s in scored])
         return (None if winner is None else kept[scored.index(winner)]), calls
+
+    def _beam_candidates(self, layout, denoiser, state, heal: Heal | None, greedy: list[int],
+                         k: int, closed, cancelled: Check, logits_of
+                         ) -> tuple[list[list[int]], int]:
+        """`rerank.beam`'s `k` best first lines other than `greedy`'s own, and the
+        calls it made (beyond `logits_of`'s, which counts its own). Where the runtime can
+        append a call's inputs and mask a state (`masked`), each hypothesis's next-token
+        logits cost one 1-token call: every hypothesis's inputs join one state, each call
+        seeing the prefix and its own hypothesis's; else each call sends the hypothesis's
+        tokens again after the anchor."""
+        counted = [0]
+        anchor = layout.context_ids[layout.anchors[0]]
+        first = layout.canvas_positions[0][0]
+        specials = self.card.special_tokens
+        banned = list(specials.never_predicted)
+
+        appending = getattr(denoiser, "appends", False) and getattr(denoiser, "masks", False)
+        head = state
+        prefix_mask = state.context_mask if appending else None
+        # per hypothesis (its tokens), the state positions holding its inputs (the anchor,
+        # then its tokens but the last): a child's call attends to its parent's inputs only
+        slots: dict[tuple[int, ...], list[int]] = {}
+
+        def next_logits(tokens: list[int]) -> np.ndarray:
+            nonlocal head
+            if not appending:  # the hypothesis's tokens again, after the anchor, each call
+                ids, positions = rerank_mod.shifted_inputs(anchor, [*tokens, specials.mask],
+                                                           first)
+                row = np.array(logits_of(ids, positions)[-1], np.float64)
+            else:  # one input a call: the hypothesis's last token, appended to the state
+                key = tuple(tokens)
+                seen = slots[key[:-1]] if key else []
+                visible = np.zeros((1, head.length), np.int64)
+                visible[:, : prefix_mask.shape[1]] = prefix_mask
+                visible[0, seen] = 1
+                view = denoiser.masked(head, visible)
+                ids = np.asarray([[tokens[-1] if tokens else anchor]], np.int64)
+                positions = np.asarray([[first - 1 + len(tokens)]], np.int64)
+                if cancelled():
+                    raise Cancelled
+                out = denoiser.denoise_step(view, ids, positions, need_logits=True,
+                                            keep_canvas=True)
+                counted[0] += 1
+                slots[key] = [*seen, head.length]
+                head = denoiser.append_canvas(view, out[-1], 1)
+                row = np.array(out[3][0, -1], np.float64)
+            row[banned] = -np.inf
+            return row
+
+        def finished(tokens: list[int]) -> bool:
+            """Its scope closed, or its first line is written: a hypothesis is a first line
+            (the greedy candidate brings the longer cuts)."""
+            if tokens[-1] == specials.end_of_span:
+                return True
+            generated = unheal(self.tokenizer.decode(tokens, skip_special_tokens=True), heal)
+            return generated is not None and "\n" in generated.lstrip() or (
+                closed is not None and closed(0, tokens))
+
+        room = min(len(layout.canvas_positions[0]), len(greedy) + rerank_mod.ALTERNATIVE_SLACK)
+        found = rerank_mod.beam(next_logits, k, room,
+                                heal.allowed_after if heal is not None else None, finished)
+        # the greedy candidate's own first line would only be decoded into it again
+        return [tokens for tokens, _ in found if tokens != list(greedy[: len(tokens)])], counted[0]
 
     def _encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         encoding = self.tokenizer.encode(text, add_special_tokens=False)

@@ -102,13 +102,41 @@ def test_capped_limits_block_holes_only():
     assert rerank.capped(line).holes[0].stop == line.holes[0].stop
 
 
-def test_uncertain_position_is_the_smallest_margin_from_start():
-    logits = np.full((4, 5), -10.0)
-    logits[0, 1] = 5.0  # sure of token 1
-    logits[1, 2], logits[1, 3] = 5.0, 4.9  # token 2 barely ahead of 3
-    logits[2, 0], logits[2, 4] = 5.0, 4.0
-    logits[3, 2], logits[3, 1] = 5.0, 4.99  # the closest call, but the taken token is 1
-    taken = [1, 2, 0, 1]
-    assert rerank.uncertain_position(logits, taken, 0) == 3  # 1 trails 2: negative margin
-    assert rerank.uncertain_position(logits[:3], taken, 0) == 1
-    assert rerank.uncertain_position(logits[:3], taken, 2) == 2
+def _bigram_model(table: dict[int, dict[int, float]], vocab: int = 6):
+    """next_logits for a toy model: log-probabilities of the token after the last one."""
+    calls = []
+
+    def next_logits(tokens):
+        calls.append(list(tokens))
+        row = np.full(vocab, -50.0)
+        for token, p in table.get(tokens[-1] if tokens else -1, {}).items():
+            row[token] = np.log(p)
+        return row
+    return next_logits, calls
+
+
+def test_beam_finds_the_likelier_sequence_greedy_misses():
+    # greedy takes 1 (0.6) then 3 or 4 (0.5 each): 0.3; 2 (0.4) then 5 (0.9) is 0.36
+    next_logits, _ = _bigram_model({-1: {1: 0.6, 2: 0.4}, 1: {3: 0.5, 4: 0.5}, 2: {5: 0.9, 0: 0.1},
+                                    3: {0: 1.0}, 4: {0: 1.0}, 5: {0: 1.0}})
+    found = rerank.beam(next_logits, 2, 8, None, lambda tokens: tokens[-1] == 0)
+    assert [tokens for tokens, _ in found] == [[2, 5, 0], [1, 3, 0]]
+    assert found[0][1] == pytest.approx(np.log(0.36), abs=1e-6)
+    assert found[0][1] > found[1][1]
+
+
+def test_beam_keeps_to_the_allowed_ids_and_stops_at_its_length():
+    next_logits, calls = _bigram_model({-1: {1: 0.6, 2: 0.4}, 1: {1: 1.0}, 2: {2: 1.0}})
+    allowed = lambda tokens: np.array([2]) if not tokens else None  # noqa: E731
+    found = rerank.beam(next_logits, 2, 3, allowed, lambda tokens: False)
+    assert all(tokens[0] == 2 and len(tokens) == 3 for tokens, _ in found)
+    assert len(calls) <= 1 + 2 * 2  # one hypothesis at the start, then at most `width` a step
+
+
+def test_beam_stops_once_no_live_hypothesis_can_win():
+    # both first tokens end at once: nothing is left to extend after one step
+    next_logits, calls = _bigram_model({-1: {0: 0.7, 1: 0.3}, 1: {0: 1.0}})
+    found = rerank.beam(next_logits, 2, 8, None, lambda tokens: tokens[-1] in (0, 1))
+    assert [tokens for tokens, _ in found] == [[0], [1]]
+    assert len(calls) == 1
+

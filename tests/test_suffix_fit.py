@@ -124,11 +124,43 @@ MARK = '''def mark(fn):
 
 def test_a_greedy_line_that_is_the_suffix_gives_way_to_another_candidate(engine):
     """The greedy line at line 3 is `return fn`, the suffix's next line: cut, it leaves
-    nothing; `emptyRerank` candidates then give an answer that is not the suffix again."""
+    nothing (reranking its cuts only); other candidates (the beam's, `emptyRerank`'s) then
+    give an answer that is not the suffix again."""
     at = line_offset(MARK, 3)
-    first = engine.complete_text(MARK, at, "python",
-                                 settings=Settings(threads=1, empty_rerank=0))
+    first = engine.complete_text(MARK, at, "python", settings=Settings(
+        threads=1, empty_rerank=0, inline_suffix_rerank=1))
     assert first.completion is None and first.generated.strip() == "return fn"
     text = complete(engine, MARK, 3)
     assert text.strip() and text.strip() != "return fn", text
     ast.parse(MARK[:at] + text + MARK[at:])
+
+
+def test_the_beam_on_one_appended_state_equals_re_sending_each_hypothesis(engine, monkeypatch):
+    """The beam's hypotheses share one state (each call appends its one input and masks the
+    other hypotheses' out): the candidates, and so the answer, are the ones the beam finds
+    re-sending each hypothesis's tokens after the anchor (the reference)."""
+    from dlm_lsp import context_cache, rerank
+    from dlm_lsp.engine import Engine as EngineClass
+
+    monkeypatch.setattr(rerank, "BRANCH", "beam")
+    found: list[list[list[int]]] = []
+    beam = EngineClass._beam_candidates
+
+    def spy(self, *args, **kwargs):
+        candidates, calls = beam(self, *args, **kwargs)
+        found.append(candidates)
+        return candidates, calls
+
+    monkeypatch.setattr(EngineClass, "_beam_candidates", spy)
+    settings = Settings(threads=1, inline_suffix_rerank=3)
+    answers = {}
+    for appending in (True, False):
+        monkeypatch.setattr(context_cache.DocumentDenoiser, "masks",
+                            property(lambda self, on=appending: on))
+        found.clear()
+        done = engine.complete_text(DIGITS, line_offset(DIGITS, 12), "python",
+                                    settings=settings)
+        answers[appending] = (done.completion.text if done.completion else None,
+                              [list(c) for c in found[0]])
+    assert answers[True][1] and len(answers[True][1]) >= 2  # the beam found others
+    assert answers[True] == answers[False]

@@ -38,7 +38,7 @@ import logging
 import os
 import sys
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -640,6 +640,15 @@ class OnnxDenoiser:
             features = np.concatenate([state.features, canvas.features[:, :count]], axis=1)
         return ContextState(keys=self._device_value(keys), values=self._device_value(values),
                             context_mask=mask, features=features)
+
+    def masked(self, state: ContextState, visible: np.ndarray) -> ContextState:
+        """`state` under another context mask (1, S): which of its positions the next call
+        attends to. The keys/values are shared, not copied, and a store's head stays its
+        head: a beam's hypotheses append into one store, each seeing only its own tokens."""
+        visible = np.asarray(visible, np.int64)
+        if visible.shape != state.context_mask.shape:
+            raise ValueError(f"a mask {visible.shape} for a context of {state.context_mask.shape}")
+        return replace(state, context_mask=visible)
 
     def denoise_step_batch(
         self, state: ContextState, canvas_ids: np.ndarray, canvas_positions: np.ndarray,
