@@ -42,9 +42,10 @@ class Settings:
     feature_drafts: bool = False
     token_healing: bool = True  # back the context off to a token boundary at each hole
     # suffix-likelihood reranking (dlm_lsp.rerank): candidates per hole, scored with the code
-    # after the hole (0 = off); for dlm/fill, and for inline completions
+    # after the hole (0 = off); for dlm/fill (other first tokens), and for inline completions
+    # (a beam's best first lines: single-line exact match 12 -> 22 % on the held-out set)
     suffix_rerank: int = 2
-    inline_suffix_rerank: int = 1
+    inline_suffix_rerank: int = 3
     # when the candidates above leave nothing to show (the greedy one only repeats the suffix,
     # or nothing of it parses in place): this many candidates, reranked the same way (0 = off)
     empty_rerank: int = 4
