@@ -64,6 +64,7 @@ def test_speculative_answers_what_left_to_right_answers(engine):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 200 completions with the shipped reranking (a beam of 3 inline)
 def test_speculative_is_lossless_on_a_hundred_cursors(engine):
     cursors = cursors_from_heldout(15) + cursors_from_bench(40)
     assert len(cursors) >= 100
