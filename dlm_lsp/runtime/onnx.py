@@ -94,6 +94,7 @@ def _cuda_driver_present() -> bool:
 
 
 _malloc_bounded = False
+_malloc_trim: Any = None  # glibc's malloc_trim, found on first use (False: none)
 
 
 def bound_malloc() -> None:
@@ -123,6 +124,26 @@ def bound_malloc() -> None:
         mallopt(-8, 2)  # M_ARENA_MAX
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD (fixed: no dynamic raise)
+
+
+def release_freed() -> None:
+    """Give the pages glibc's heaps hold free back to the system (`malloc_trim(0)`): after a
+    request, what its calls, states and a beam's stores freed below the mmap threshold would
+    otherwise stay in the process's RSS as holes between live blocks (a 1,000-request storm
+    with the suffix reranking's beam: +0.8 to +16 MB, no growth with 5,000). About 0.5 ms on
+    the shipped model's heap (measured); a no-op where malloc is not glibc's."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        _malloc_trim = False
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            try:
+                _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+            except (OSError, AttributeError):
+                pass
+    if _malloc_trim:
+        _malloc_trim(0)
 
 
 class KVStore:
