@@ -496,12 +496,12 @@ class Engine:
                     reranked, extra_steps = self._suffix_rerank(
                         plan, text, syntax, layout, denoiser, state, heals, result.canvases[0],
                         rerank, settings, cancelled, closed, drafter, branch=branch)
-                if reranking and reranked is None and (
-                        settings.empty_rerank > rerank
-                        or settings.empty_rerank > 1 and (branch or rerank_mod.BRANCH) == "beam"):
+                # first-token candidates the reranking above did not already try (after a
+                # beam: all of them, its lines are often all variants of the suffix's own)
+                tried = rerank if (branch or rerank_mod.BRANCH) == "first" else 1
+                if reranking and reranked is None and settings.empty_rerank > tried:
                     # nothing to show: more candidates, each starting with another first
-                    # token (an answer that is not the suffix again, or one that parses; a
-                    # beam's lines are often all variants of the one the suffix has)
+                    # token (an answer that is not the suffix again, or one that parses)
                     reranked, more = self._suffix_rerank(
                         plan, text, syntax, layout, denoiser, state, heals, result.canvases[0],
                         settings.empty_rerank, settings, cancelled, closed, drafter,
@@ -557,11 +557,11 @@ class Engine:
                                          need_logits=True)[3][0]
 
         candidates = [greedy]
-        multi_line = not plan.holes[0].stop.single_line
-        starts: list[list[int]] = []  # other candidates' first tokens, continued greedily
+        # an alternative runs at most a little longer than the greedy one did
+        room = min(len(layout.canvas_positions[0]), len(greedy) + rerank_mod.ALTERNATIVE_SLACK)
         if k > 1 and (branch or rerank_mod.BRANCH) == "beam":
-            found, more = self._beam_candidates(layout, denoiser, state, heal, greedy, k, closed,
-                                                cancelled, logits_of)
+            found, more = self._beam_candidates(layout, denoiser, state, heal, greedy, k, room,
+                                                closed, cancelled, logits_of)
             calls += more
             # each a candidate as it is: a line that opens a block (`def __init__(self):`) is
             # no cut of a longer candidate, and the line is what the beam is for
@@ -571,23 +571,20 @@ class Engine:
             ids = np.asarray([anchor, *greedy[:at]], np.int64)
             positions = np.arange(first - 1, first + at, dtype=np.int64)
             logits = logits_of(ids, positions)[-1]
-            options = [t for t in rerank_mod.alternatives(
-                logits, greedy[at] if at < len(greedy) else -1, None, k + 8)
-                if self.healer.text_of(t)][: k - 1]
-            starts = [[*greedy[:at], token] for token in options]
-        # an alternative runs at most a little longer than the greedy one did
-        room = min(len(layout.canvas_positions[0]), len(greedy) + rerank_mod.ALTERNATIVE_SLACK)
-        short = dataclasses.replace(layout, canvas_positions=[layout.canvas_positions[0][:room]])
-        for head in starts:
-            if len(head) >= room:
-                candidates.append(head)
-                continue
-            alt = denoise(denoiser, short, self.card.special_tokens,
-                          self.sampler_settings(settings), cancelled, state=state,
-                          heals=[rerank_mod.ForcedStart(head, heal)], closed=closed,
-                          drafter=drafter)
-            calls += alt.steps
-            candidates.append(alt.canvases[0])
+            head = list(greedy[:at])
+            taken = greedy[at] if at < len(greedy) else -1
+            options = [t for t in rerank_mod.alternatives(logits, taken, None, k + 8)
+                       if self.healer.text_of(t)][: k - 1]
+            short = dataclasses.replace(layout,
+                                        canvas_positions=[layout.canvas_positions[0][:room]])
+            for token in options:
+                start = rerank_mod.ForcedStart([*head, token], heal)
+                alt = denoise(denoiser, short, self.card.special_tokens,
+                              self.sampler_settings(settings), cancelled, state=state,
+                              heals=[start], closed=closed, drafter=drafter)
+                calls += alt.steps
+                candidates.append(alt.canvases[0])
+        multi_line = not plan.holes[0].stop.single_line
         scored: list[rerank_mod.Scored] = []
         kept: list[Completion] = []  # scored[i]'s completion
         seen: set[tuple[str, int]] = set()
@@ -619,9 +616,10 @@ class Engine:
         return (None if winner is None else kept[scored.index(winner)]), calls
 
     def _beam_candidates(self, layout, denoiser, state, heal: Heal | None, greedy: list[int],
-                         k: int, closed, cancelled: Check, logits_of
+                         k: int, room: int, closed, cancelled: Check, logits_of
                          ) -> tuple[list[list[int]], int]:
-        """`rerank.beam`'s `k` best first lines other than `greedy`'s own, and the
+        """`rerank.beam`'s `k` best first lines (of at most `room` tokens) other than
+        `greedy`'s own, and the
         calls it made (beyond `logits_of`'s, which counts its own). Where the runtime can
         append a call's inputs and mask a state (`masked`), each hypothesis's next-token
         logits cost one 1-token call: every hypothesis's inputs join one state, each call
@@ -675,7 +673,6 @@ class Engine:
             return generated is not None and "\n" in generated.lstrip() or (
                 closed is not None and closed(0, tokens))
 
-        room = min(len(layout.canvas_positions[0]), len(greedy) + rerank_mod.ALTERNATIVE_SLACK)
         found = rerank_mod.beam(next_logits, k, room,
                                 heal.allowed_after if heal is not None else None, finished)
         # the greedy candidate's own first line would only be decoded into it again

@@ -241,11 +241,17 @@ class DlmServer(LanguageServer):
                 raise Cancelled
         try:
             return await asyncio.to_thread(
-                _releasing, work, engine, *args, lambda: stop.is_set() or stale()
+                work, engine, *args, lambda: stop.is_set() or stale()
             )
         except asyncio.CancelledError:
             stop.set()  # the worker sees it at its next denoise step
             raise
+        finally:
+            # off the answer's path: what the request's calls freed goes back to the system
+            # (`runtime.release_freed`), so RSS follows what the server holds, not its peaks
+            from .runtime import release_freed
+
+            asyncio.get_running_loop().run_in_executor(None, release_freed)
 
     def record(self, kind: str, result: CompletionResult | FillResult | None, started: float,
                scope: str | None = None) -> None:
@@ -500,17 +506,6 @@ def status(ls: DlmServer, params: Any = None) -> dict[str, Any]:
         "openDocuments": len(ls.store),
         "settings": settings_to_wire(ls.settings),
     }
-
-
-def _releasing(work, *args):
-    """`work(*args)` on a worker thread, then what its model calls freed back to the system
-    (`runtime.release_freed`): RSS follows what the server holds, not its last peak."""
-    from .runtime import release_freed
-
-    try:
-        return work(*args)
-    finally:
-        release_freed()
 
 
 def create_server(settings: Settings | None = None, engine: Engine | None = None) -> DlmServer:
